@@ -1,0 +1,24 @@
+"""ghostify: turn the convs of any PyTorch CNN into GhostNet ghost modules, and measure what it saves."""
+
+from .config import GhostConfig
+from .convert import convert, convert_, get_plan, plan_conversion
+from .errors import GhostifyError
+from .ghost_module import GhostConv2d, GhostConv2dBNReLU
+from .graph_pass import register_variant
+from .selection import ConversionPlan, LayerPlan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConversionPlan",
+    "GhostConfig",
+    "GhostConv2d",
+    "GhostConv2dBNReLU",
+    "GhostifyError",
+    "LayerPlan",
+    "convert",
+    "convert_",
+    "get_plan",
+    "plan_conversion",
+    "register_variant",
+]

@@ -1,0 +1,100 @@
+"""``GhostConfig``: every setting of a conversion, validated up front and saved as versioned JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .ghost_module import check_ghost_params
+
+CONFIG_VERSION = 1
+INIT_MODES = ("transfer", "random")
+
+
+def _as_rules(value: Mapping[str, int] | Iterable[tuple[str, int]] | None) -> tuple[tuple[str, int], ...]:
+    if value is None:
+        return ()
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple((str(pattern), ratio) for pattern, ratio in items)
+
+
+def _as_patterns(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class GhostConfig:
+    """How to convert a model.
+
+    ratio: the ghost ratio ``s`` (>= 2) applied to every eligible conv; 1 converts nothing.
+    dw_size: kernel size ``d`` of the cheap depthwise conv (odd).
+    include / exclude: layer-name patterns (see ``ghostify.selection``); include empty = all.
+    layer_ratios: ``{pattern: ratio}`` overrides, first matching pattern wins; ratio 1 keeps a layer.
+    min_channels: convs with fewer output channels are left alone (too small to gain anything).
+    skip_stem / skip_pointwise: leave the first conv / all 1x1 convs alone.
+    variant: which ghost module replaces a conv (``ghostify.graph_pass.VARIANTS``).
+    init: "transfer" starts from the original weights, "random" from PyTorch's default init.
+    """
+
+    ratio: int = 2
+    dw_size: int = 3
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    layer_ratios: tuple[tuple[str, int], ...] = ()
+    min_channels: int = 8
+    skip_stem: bool = False
+    skip_pointwise: bool = False
+    variant: str = "linear"
+    init: str = "transfer"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "include", _as_patterns(self.include))
+        object.__setattr__(self, "exclude", _as_patterns(self.exclude))
+        object.__setattr__(self, "layer_ratios", _as_rules(self.layer_ratios))
+        check_ghost_params(self.ratio, self.dw_size)
+        for pattern, ratio in self.layer_ratios:
+            try:
+                check_ghost_params(ratio, self.dw_size)
+            except ConfigError as err:
+                raise ConfigError(f"layer_ratios[{pattern!r}]: {err}") from None
+        if isinstance(self.min_channels, bool) or not isinstance(self.min_channels, int) or self.min_channels < 1:
+            raise ConfigError(f"min_channels must be a whole number >= 1, got {self.min_channels!r}.")
+        if self.init not in INIT_MODES:
+            raise ConfigError(f"init must be one of {', '.join(INIT_MODES)}, got {self.init!r}.")
+        from .graph_pass import VARIANTS  # the registry lives with the code that uses it
+
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"variant must be one of {', '.join(sorted(VARIANTS))}, got {self.variant!r}.")
+
+    @classmethod
+    def from_options(cls, config: GhostConfig | None = None, **options: Any) -> GhostConfig:
+        """``config`` (or the defaults) with ``options`` applied; unknown option names are an error."""
+        names = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(names))}.")
+        return dataclasses.replace(config, **options) if config is not None else cls(**options)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("_")}
+        data["include"], data["exclude"] = list(self.include), list(self.exclude)
+        data["layer_ratios"] = [list(rule) for rule in self.layer_ratios]
+        return {"_type": "GhostConfig", "_version": CONFIG_VERSION, "_data": data}
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> GhostConfig:
+        if payload.get("_type") != "GhostConfig":
+            raise ConfigError(f"not a GhostConfig record (found _type={payload.get('_type')!r}).")
+        if payload.get("_version", 0) > CONFIG_VERSION:
+            raise ConfigError(
+                f"config version {payload['_version']} is newer than this ghostify understands "
+                f"({CONFIG_VERSION}); upgrade ghostify."
+            )
+        return cls.from_options(**payload["_data"])

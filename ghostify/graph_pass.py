@@ -1,0 +1,173 @@
+"""The graph pass: find every conv a model runs (torch.fx), then swap in ghost modules.
+
+Analysis traces the model with torch.fx so that it sees what ``forward`` really does: which
+convs are called and how often, which one runs first (the stem), and functional ``conv2d``
+calls that no module walk would find. timm's not-traceable modules and functions are kept as
+leaves. When FX cannot trace a model (data-dependent control flow, say), analysis falls back to
+walking ``named_modules()`` and says so in the plan.
+
+The swap itself replaces modules by name on the model (or its copy), so the converted model
+keeps its own class, attributes and methods; a conv registered under several names, or called
+at several sites, becomes one shared ghost module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .ghost_module import GhostConv2d, GhostConv2dBNReLU
+from .selection import ConversionPlan, ConvSite
+from .weight_transfer import transfer_weights
+
+GHOST_MODULE_TYPES: tuple[type[nn.Module], ...] = (GhostConv2d,)
+_FUNCTIONAL_CONVS = (F.conv2d, torch.conv2d)
+
+# variant name -> builder(conv, ratio, dw_size, transfer) -> (module, fit_error or None)
+VariantBuilder = Callable[[nn.Conv2d, int, int, bool], "tuple[nn.Module, float | None]"]
+VARIANTS: dict[str, VariantBuilder] = {}
+
+
+def register_variant(name: str) -> Callable[[VariantBuilder], VariantBuilder]:
+    """Register a ghost-module builder under ``name`` (selectable with ``GhostConfig.variant``)."""
+
+    def decorate(builder: VariantBuilder) -> VariantBuilder:
+        VARIANTS[name] = builder
+        return builder
+
+    return decorate
+
+
+@register_variant("linear")
+def _build_linear(conv: nn.Conv2d, ratio: int, dw_size: int, transfer: bool) -> tuple[nn.Module, float | None]:
+    ghost = GhostConv2d.like(conv, ratio, dw_size)
+    return ghost, transfer_weights(conv, ghost) if transfer else None
+
+
+@register_variant("paper-bn-relu")
+def _build_paper(conv: nn.Conv2d, ratio: int, dw_size: int, transfer: bool) -> tuple[nn.Module, float | None]:
+    # BN and ReLU inside make it non-linear: original weights do not carry over meaningfully.
+    return GhostConv2dBNReLU.like(conv, ratio, dw_size), None
+
+
+def _timm_notrace() -> tuple[set[type], set[Callable]]:
+    try:
+        from timm.layers import get_notrace_functions, get_notrace_modules
+    except ImportError:  # timm is optional for user models
+        return set(), set()
+    return set(get_notrace_modules()), set(get_notrace_functions())
+
+
+class GhostifyTracer(fx.Tracer):
+    """FX tracer that keeps ghost modules and timm's not-traceable modules as leaves."""
+
+    def __init__(self) -> None:
+        leaf_modules, functions = _timm_notrace()
+        super().__init__(autowrap_functions=tuple(functions))
+        self._leaf_types = tuple(leaf_modules) + GHOST_MODULE_TYPES
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, self._leaf_types) or super().is_leaf_module(m, module_qualified_name)
+
+
+def trace(model: nn.Module) -> fx.Graph:
+    """The FX graph of ``model`` (raises whatever FX raises when the model is not traceable)."""
+    return GhostifyTracer().trace(model)
+
+
+def _alias_map(model: nn.Module) -> dict[int, list[str]]:
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if name:
+            names.setdefault(id(module), []).append(name)
+    return names
+
+
+def _inside_ghost(name: str, ghost_prefixes: list[str]) -> bool:
+    return any(name.startswith(prefix + ".") for prefix in ghost_prefixes)
+
+
+def _module_site(name: str, conv: nn.Conv2d, call_sites: int, aliases: list[str]) -> ConvSite:
+    overrides = type(conv).forward is not nn.Conv2d.forward
+    return ConvSite(
+        name=name, kind="module", in_channels=conv.in_channels, out_channels=conv.out_channels,
+        kernel_size=tuple(conv.kernel_size), stride=tuple(conv.stride), dilation=tuple(conv.dilation),
+        groups=conv.groups, bias=conv.bias is not None, call_sites=call_sites,
+        aliases=[a for a in aliases if a != name],
+        custom_forward=type(conv).__name__ if overrides else None,
+    )
+
+
+def _functional_site(node: fx.Node, params: dict[str, nn.Parameter]) -> ConvSite:
+    args = dict(zip(("input", "weight", "bias", "stride", "padding", "dilation", "groups"), node.args))
+    args.update(node.kwargs)
+    weight_node = args.get("weight")
+    weight = params.get(weight_node.target) if isinstance(weight_node, fx.Node) and weight_node.op == "get_attr" else None
+    groups = args.get("groups", 1) if isinstance(args.get("groups", 1), int) else 1
+    name = f"{weight_node.target} (functional)" if weight is not None else f"{node.name} (functional)"
+    shape = tuple(weight.shape) if weight is not None else None
+    return ConvSite(
+        name=name, kind="functional",
+        in_channels=shape[1] * groups if shape else None, out_channels=shape[0] if shape else None,
+        kernel_size=shape[2:] if shape else None, groups=groups, bias=args.get("bias") is not None,
+    )
+
+
+def find_conv_sites(model: nn.Module) -> tuple[list[ConvSite], str, str | None]:
+    """Every conv of ``model`` in execution order, with the analysis path used and any note."""
+    aliases = _alias_map(model)
+    modules = dict(model.named_modules())
+    ghost_prefixes = [n for n, m in modules.items() if isinstance(m, GHOST_MODULE_TYPES)]
+    convs = {n: m for n, m in modules.items() if isinstance(m, nn.Conv2d) and not _inside_ghost(n, ghost_prefixes)}
+    try:
+        graph = trace(model)
+    except Exception as err:  # FX raises many types for untraceable code; any means "fall back"
+        note = f"torch.fx could not trace the model ({type(err).__name__}: {str(err).splitlines()[0][:200]}); " \
+               "layers were found by walking named_modules(), so call counts and the stem are estimates"
+        sites = [_module_site(n, c, 1, aliases[id(c)]) for n, c in convs.items()]
+        if sites:
+            sites[0].is_stem = True
+        return sites, "module", note
+
+    params = dict(model.named_parameters(remove_duplicate=False))
+    calls: dict[str, int] = {}
+    order: list[tuple[str, Any]] = []
+    for node in graph.nodes:
+        if node.op == "call_module" and node.target in convs:
+            if node.target not in calls:
+                order.append(("module", node.target))
+            calls[node.target] = calls.get(node.target, 0) + 1
+        elif node.op == "call_function" and node.target in _FUNCTIONAL_CONVS:
+            order.append(("functional", node))
+    sites = []
+    for kind, item in order:
+        if kind == "module":
+            sites.append(_module_site(item, convs[item], calls[item], aliases[id(convs[item])]))
+        else:
+            sites.append(_functional_site(item, params))
+    if sites:
+        sites[0].is_stem = True
+    called = {id(convs[name]) for name in calls}
+    for name, conv in convs.items():  # registered but never run: reported, never converted
+        if id(conv) not in called:
+            called.add(id(conv))
+            sites.append(_module_site(name, conv, 0, aliases[id(conv)]))
+    return sites, "fx", None
+
+
+def apply_plan(model: nn.Module, plan: ConversionPlan, *, transfer: bool) -> None:
+    """Swap every layer ``plan`` converts for its ghost module, in place; records fit errors on the plan."""
+    build = VARIANTS[plan.config.variant]
+    dw_size = plan.config.dw_size
+    for layer in plan.converted:
+        conv = model.get_submodule(layer.name)
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"{layer.name} is a {type(conv).__name__}, not the Conv2d the plan expects")
+        ghost, layer.fit_error = build(conv, layer.ratio, dw_size, transfer)
+        for name in (layer.name, *layer.aliases):
+            model.set_submodule(name, ghost)
+

@@ -1,0 +1,200 @@
+"""Layer selection: which convs become ghost modules, at what ratio, and why the others don't.
+
+Name patterns (``include``, ``exclude``, ``layer_ratios``) match a layer's qualified name
+(``layer1.0.conv2``) in one of three ways:
+
+* ``re:<regex>``: the regex must match the whole name;
+* a glob with ``*``, ``?`` or ``[``: ``layer4.*``, ``*.downsample.0``;
+* a plain name: the exact name, or a suffix after a dot (``conv1`` matches ``layer1.0.conv1``).
+
+Every pattern must match at least one conv layer, else ``PatternMatchError``: a typo would
+otherwise silently convert the wrong layers.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .config import GhostConfig
+from .errors import ConfigError, PatternMatchError
+from .ghost_module import intrinsic_channels
+
+
+@dataclass
+class ConvSite:
+    """A conv found in the model: a ``Conv2d`` module or a functional ``conv2d`` call."""
+
+    name: str
+    kind: str  # "module" or "functional"
+    in_channels: int | None
+    out_channels: int | None
+    kernel_size: tuple[int, ...] | None
+    stride: tuple[int, ...] | None = None
+    dilation: tuple[int, ...] | None = None
+    groups: int = 1
+    bias: bool = False
+    call_sites: int = 1
+    is_stem: bool = False
+    aliases: list[str] = field(default_factory=list)
+    custom_forward: str | None = None  # class name of a Conv2d subclass that overrides forward
+
+
+@dataclass
+class LayerPlan:
+    """The decision for one conv: convert at ``ratio``, or keep it and say why (``reason``)."""
+
+    name: str
+    kind: str
+    in_channels: int | None
+    out_channels: int | None
+    kernel_size: list[int] | None
+    stride: list[int] | None
+    dilation: list[int] | None
+    groups: int
+    bias: bool
+    call_sites: int
+    convert: bool
+    ratio: int
+    reason: str | None = None
+    intrinsic_channels: int | None = None
+    aliases: list[str] = field(default_factory=list)
+    fit_error: float | None = None  # relative error of the data-free weight fit, set by convert()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ConversionPlan:
+    """Every conv of a model with its decision, plus how the model was analysed (``trace``)."""
+
+    layers: list[LayerPlan]
+    config: GhostConfig
+    trace: str  # "fx" (torch.fx graph) or "module" (named_modules walk, when FX cannot trace)
+    trace_note: str | None = None
+
+    @property
+    def converted(self) -> list[LayerPlan]:
+        return [layer for layer in self.layers if layer.convert]
+
+    @property
+    def skipped(self) -> list[LayerPlan]:
+        return [layer for layer in self.layers if not layer.convert]
+
+    def layer(self, name: str) -> LayerPlan:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "trace": self.trace,
+            "trace_note": self.trace_note,
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> ConversionPlan:
+        return cls(
+            layers=[LayerPlan(**layer) for layer in payload["layers"]],
+            config=GhostConfig.from_dict(payload["config"]),
+            trace=payload["trace"],
+            trace_note=payload.get("trace_note"),
+        )
+
+
+def pattern_matches(pattern: str, name: str) -> bool:
+    """Whether ``pattern`` (regex, glob or plain name, see module docstring) selects layer ``name``."""
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    if any(ch in pattern for ch in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return name == pattern or name.endswith("." + pattern)
+
+
+def _check_patterns(config: GhostConfig, names: Sequence[str]) -> None:
+    for pattern in (*config.include, *config.exclude, *(p for p, _ in config.layer_ratios)):
+        if pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as err:
+                raise ConfigError(f"invalid regular expression in pattern {pattern!r}: {err}") from None
+    sample = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    for option, patterns in (
+        ("include", config.include),
+        ("exclude", config.exclude),
+        ("layer_ratios", [p for p, _ in config.layer_ratios]),
+    ):
+        for pattern in patterns:
+            if not any(pattern_matches(pattern, name) for name in names):
+                raise PatternMatchError(
+                    f"{option} pattern {pattern!r} matches no conv layer. Conv layers in this model: "
+                    f"{sample or '(none)'}. Use a full name, a suffix such as 'conv1', a glob such as "
+                    f"'layer4.*', or 're:<regex>'; `ghostify inspect MODEL` lists every layer."
+                )
+
+
+def _decide(site: ConvSite, config: GhostConfig) -> tuple[int, str | None]:
+    """The ratio for ``site`` and, when it stays a plain conv, the reason."""
+    if site.kind == "functional":
+        return 1, "functional conv2d call: no Conv2d module to replace"
+    excluded_by = next((p for p in config.exclude if pattern_matches(p, site.name)), None)
+    if excluded_by is not None:
+        return 1, f"excluded by pattern {excluded_by!r}"
+    if config.include and not any(pattern_matches(p, site.name) for p in config.include):
+        return 1, "not matched by any include pattern"
+    rule = next(((p, r) for p, r in config.layer_ratios if pattern_matches(p, site.name)), None)
+    ratio = rule[1] if rule else config.ratio
+    if ratio == 1:
+        return 1, f"ratio 1 for this layer (rule {rule[0]!r})" if rule else "ratio 1: nothing to convert"
+    if site.custom_forward:
+        return 1, f"{site.custom_forward} overrides Conv2d.forward; a ghost module would change what it computes"
+    if site.call_sites == 0:
+        return 1, "never called in forward()"
+    if site.groups != 1:
+        return 1, f"grouped/depthwise conv (groups={site.groups}) is already cheap"
+    assert site.out_channels is not None  # module sites always know their shape
+    if site.out_channels < ratio:
+        return 1, f"out_channels {site.out_channels} < ratio {ratio}"
+    if site.out_channels < config.min_channels:
+        return 1, f"out_channels {site.out_channels} < min_channels {config.min_channels}"
+    if config.skip_stem and site.is_stem:
+        return 1, "stem conv (skip_stem)"
+    if config.skip_pointwise and site.kernel_size is not None and all(k == 1 for k in site.kernel_size):
+        return 1, "1x1 conv (skip_pointwise)"
+    return ratio, None
+
+
+def plan_layers(sites: Sequence[ConvSite], config: GhostConfig, trace: str, trace_note: str | None = None) -> ConversionPlan:
+    """Decide every conv site; raises ``PatternMatchError`` before anything is changed."""
+    _check_patterns(config, [site.name for site in sites])
+    layers = []
+    for site in sites:
+        ratio, reason = _decide(site, config)
+        convert = reason is None
+        layers.append(
+            LayerPlan(
+                name=site.name,
+                kind=site.kind,
+                in_channels=site.in_channels,
+                out_channels=site.out_channels,
+                kernel_size=list(site.kernel_size) if site.kernel_size else None,
+                stride=list(site.stride) if site.stride else None,
+                dilation=list(site.dilation) if site.dilation else None,
+                groups=site.groups,
+                bias=site.bias,
+                call_sites=site.call_sites,
+                convert=convert,
+                ratio=ratio if convert else 1,
+                reason=reason,
+                intrinsic_channels=intrinsic_channels(site.out_channels, ratio) if convert else None,
+                aliases=list(site.aliases),
+            )
+        )
+    return ConversionPlan(layers=layers, config=config, trace=trace, trace_note=trace_note)
