@@ -212,5 +212,6 @@ def _mismatch_message(
             f"  shape mismatches ({len(shape_mismatches)}): {'; '.join(shown)}"
             + (f"; ... and {more} more" if more > 0 else "")
         )
-        lines.append("  (if only the classifier differs, set the number of classes to match the checkpoint)")
+        if len(shape_mismatches) <= 2 and not missing and not unexpected:  # e.g. classifier weight + bias
+            lines.append("  (if only the classifier differs, set the number of classes to match the checkpoint)")
     return "\n".join(lines)

@@ -276,7 +276,8 @@ def _check_callable_without_arguments(factory: Callable[..., object], name: str)
 
 def _import_file(path: Path) -> ModuleType:
     """Import ``path`` as a fresh module; its folder is on ``sys.path`` meanwhile for sibling imports."""
-    module_name = f"ghostify_user_model_{next(_user_module_ids)}_{re.sub(r'\W', '_', path.stem)}"
+    safe_stem = re.sub(r"\W", "_", path.stem)
+    module_name = f"ghostify_user_model_{next(_user_module_ids)}_{safe_stem}"
     import_spec = importlib.util.spec_from_file_location(module_name, path)
     if import_spec is None or import_spec.loader is None:
         raise ModelSpecError(f"cannot import {path} as Python; is it a .py file?")
