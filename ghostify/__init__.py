@@ -6,6 +6,7 @@ from .errors import GhostifyError
 from .ghost_module import GhostConv2d, GhostConv2dBNReLU
 from .graph_pass import register_variant
 from .selection import ConversionPlan, LayerPlan
+from .serialization import load, save
 
 __version__ = "0.1.0"
 
@@ -19,6 +20,8 @@ __all__ = [
     "convert",
     "convert_",
     "get_plan",
+    "load",
     "plan_conversion",
     "register_variant",
+    "save",
 ]

@@ -167,7 +167,9 @@ def apply_plan(model: nn.Module, plan: ConversionPlan, *, transfer: bool) -> Non
         conv = model.get_submodule(layer.name)
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"{layer.name} is a {type(conv).__name__}, not the Conv2d the plan expects")
-        ghost, layer.fit_error = build(conv, layer.ratio, dw_size, transfer)
+        ghost, fit_error = build(conv, layer.ratio, dw_size, transfer)
+        if transfer:
+            layer.fit_error = fit_error
         for name in (layer.name, *layer.aliases):
             model.set_submodule(name, ghost)
 

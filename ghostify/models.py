@@ -294,3 +294,12 @@ def _import_file(path: Path) -> ModuleType:
         if folder in sys.path:
             sys.path.remove(folder)
     return module
+
+
+def default_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """The (C, H, W) a model expects: timm's ``pretrained_cfg['input_size']`` when it has one, else 3x224x224."""
+    config = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = config.get("input_size") if isinstance(config, dict) else None
+    if isinstance(size, (tuple, list)) and len(size) == 3:
+        return tuple(int(v) for v in size)  # type: ignore[return-value]
+    return (3, 224, 224)

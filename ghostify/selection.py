@@ -57,6 +57,7 @@ class LayerPlan:
     groups: int
     bias: bool
     call_sites: int
+    eligible: bool  # passes the structural rules (conv type, groups, channels); convert also needs selection
     convert: bool
     ratio: int
     reason: str | None = None
@@ -80,6 +81,10 @@ class ConversionPlan:
     @property
     def converted(self) -> list[LayerPlan]:
         return [layer for layer in self.layers if layer.convert]
+
+    @property
+    def eligible(self) -> list[LayerPlan]:
+        return [layer for layer in self.layers if layer.eligible]
 
     @property
     def skipped(self) -> list[LayerPlan]:
@@ -140,10 +145,25 @@ def _check_patterns(config: GhostConfig, names: Sequence[str]) -> None:
                 )
 
 
-def _decide(site: ConvSite, config: GhostConfig) -> tuple[int, str | None]:
-    """The ratio for ``site`` and, when it stays a plain conv, the reason."""
+def _ineligible_reason(site: ConvSite, ratio: int, config: GhostConfig) -> str | None:
+    """Why ``site`` cannot become a ghost module at ``ratio``, whatever the user selects."""
     if site.kind == "functional":
-        return 1, "functional conv2d call: no Conv2d module to replace"
+        return "functional conv2d call: no Conv2d module to replace"
+    if site.custom_forward:
+        return f"{site.custom_forward} overrides Conv2d.forward; a ghost module would change what it computes"
+    if site.call_sites == 0:
+        return "never called in forward()"
+    if site.groups != 1:
+        return f"grouped/depthwise conv (groups={site.groups}) is already cheap"
+    if site.out_channels is not None and site.out_channels < max(ratio, 2):
+        return f"out_channels {site.out_channels} < ratio {max(ratio, 2)}"
+    if site.out_channels is not None and site.out_channels < config.min_channels:
+        return f"out_channels {site.out_channels} < min_channels {config.min_channels}"
+    return None
+
+
+def _unselected_reason(site: ConvSite, config: GhostConfig) -> tuple[int, str | None]:
+    """The ratio the user's rules give ``site`` and, if they leave it alone, which rule did."""
     excluded_by = next((p for p in config.exclude if pattern_matches(p, site.name)), None)
     if excluded_by is not None:
         return 1, f"excluded by pattern {excluded_by!r}"
@@ -153,21 +173,10 @@ def _decide(site: ConvSite, config: GhostConfig) -> tuple[int, str | None]:
     ratio = rule[1] if rule else config.ratio
     if ratio == 1:
         return 1, f"ratio 1 for this layer (rule {rule[0]!r})" if rule else "ratio 1: nothing to convert"
-    if site.custom_forward:
-        return 1, f"{site.custom_forward} overrides Conv2d.forward; a ghost module would change what it computes"
-    if site.call_sites == 0:
-        return 1, "never called in forward()"
-    if site.groups != 1:
-        return 1, f"grouped/depthwise conv (groups={site.groups}) is already cheap"
-    assert site.out_channels is not None  # module sites always know their shape
-    if site.out_channels < ratio:
-        return 1, f"out_channels {site.out_channels} < ratio {ratio}"
-    if site.out_channels < config.min_channels:
-        return 1, f"out_channels {site.out_channels} < min_channels {config.min_channels}"
     if config.skip_stem and site.is_stem:
-        return 1, "stem conv (skip_stem)"
+        return ratio, "stem conv (skip_stem)"
     if config.skip_pointwise and site.kernel_size is not None and all(k == 1 for k in site.kernel_size):
-        return 1, "1x1 conv (skip_pointwise)"
+        return ratio, "1x1 conv (skip_pointwise)"
     return ratio, None
 
 
@@ -176,7 +185,9 @@ def plan_layers(sites: Sequence[ConvSite], config: GhostConfig, trace: str, trac
     _check_patterns(config, [site.name for site in sites])
     layers = []
     for site in sites:
-        ratio, reason = _decide(site, config)
+        ratio, unselected = _unselected_reason(site, config)
+        ineligible = _ineligible_reason(site, ratio, config)
+        reason = ineligible or unselected
         convert = reason is None
         layers.append(
             LayerPlan(
@@ -190,6 +201,7 @@ def plan_layers(sites: Sequence[ConvSite], config: GhostConfig, trace: str, trac
                 groups=site.groups,
                 bias=site.bias,
                 call_sites=site.call_sites,
+                eligible=ineligible is None,
                 convert=convert,
                 ratio=ratio if convert else 1,
                 reason=reason,

@@ -1,0 +1,211 @@
+"""``ghostify`` command line: a thin layer over the Python API.
+
+User mistakes (``GhostifyError``) print one actionable line on stderr and exit 1, without a
+traceback; typer itself rejects malformed options (``--ratio 1.5``) with exit 2.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import GhostConfig
+from .convert import convert as convert_model
+from .convert import plan_conversion
+from .errors import ConfigError, GhostifyError
+from .graph_pass import VARIANTS
+from .models import ResolvedModel, default_input_size, resolve_model
+from .outputs import atomic_directory
+from .report import compare
+from .selection import ConversionPlan
+from .serialization import write_model_files
+
+app = typer.Typer(
+    name="ghostify",
+    help="Turn the convs of a CNN into GhostNet ghost modules and report what it saves.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stdout = Console()
+stderr = Console(stderr=True)
+
+Variant = Enum("Variant", {name.replace("-", "_"): name for name in VARIANTS}, type=str)  # type: ignore[misc]
+
+
+class InitMode(str, Enum):
+    transfer = "transfer"
+    random = "random"
+
+
+ModelArg = Annotated[str, typer.Argument(help="timm name (resnet50), torchvision:NAME, or path/to/file.py:function.", show_default=False)]
+RatioOpt = Annotated[int, typer.Option("--ratio", "-s", min=2, help="Ghost ratio s: each intrinsic map makes s-1 ghosts (~s times cheaper).")]
+DwSizeOpt = Annotated[int, typer.Option("--dw-size", "-d", min=1, help="Kernel size d of the cheap depthwise conv (odd).")]
+IncludeOpt = Annotated[Optional[list[str]], typer.Option("--include", help="Convert only layers matching this pattern (repeatable): name, suffix, glob, or re:REGEX.")]
+ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="Leave layers matching this pattern alone (repeatable).")]
+LayerRatioOpt = Annotated[Optional[list[str]], typer.Option("--layer-ratio", help="PATTERN=RATIO override (repeatable, first match wins; RATIO 1 keeps the layer).")]
+MinChannelsOpt = Annotated[int, typer.Option("--min-channels", min=1, help="Leave convs with fewer output channels alone.")]
+SkipStemOpt = Annotated[bool, typer.Option("--skip-stem", help="Leave the first conv alone.")]
+SkipPointwiseOpt = Annotated[bool, typer.Option("--skip-pointwise", help="Leave 1x1 convs alone.")]
+CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Weights to load: a state dict, {'state_dict': ...} or {'model': ...}; a 'module.' prefix is stripped.")]
+TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow checkpoints holding pickled Python objects. Unpickling can run code: only for files you trust.")]
+PretrainedOpt = Annotated[bool, typer.Option("--pretrained", help="Download the source's pretrained weights (needs a network).")]
+InputSizeOpt = Annotated[Optional[str], typer.Option("--input-size", help="C,H,W of one input (default: the model's own, else 3,224,224).")]
+
+
+def _fail(message: str) -> NoReturn:
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=1)
+
+
+def _parse_input_size(text: str | None, resolved: ResolvedModel) -> tuple[int, int, int]:
+    if text is None:
+        return default_input_size(resolved.model)
+    parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
+    if not all(p.isdigit() and int(p) > 0 for p in parts) or len(parts) not in (1, 2, 3):
+        raise ConfigError(f"--input-size must look like 3,224,224 (C,H,W), 224,224 or 224; got {text!r}.")
+    values = [int(p) for p in parts]
+    if len(values) == 1:
+        values = [3, values[0], values[0]]
+    elif len(values) == 2:
+        values = [3, *values]
+    return values[0], values[1], values[2]
+
+
+def _parse_layer_ratios(rules: list[str] | None) -> list[tuple[str, int]]:
+    parsed = []
+    for rule in rules or []:
+        pattern, sep, ratio = rule.rpartition("=")
+        if not sep or not pattern or not ratio.strip().isdigit():
+            raise ConfigError(f"--layer-ratio expects PATTERN=RATIO such as 'layer4.*=4', got {rule!r}.")
+        parsed.append((pattern, int(ratio)))
+    return parsed
+
+
+def _config(ratio: int, dw_size: int, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, variant="linear", init="transfer") -> GhostConfig:
+    return GhostConfig(
+        ratio=ratio, dw_size=dw_size, include=tuple(include or ()), exclude=tuple(exclude or ()),
+        layer_ratios=tuple(_parse_layer_ratios(layer_ratio)), min_channels=min_channels,
+        skip_stem=skip_stem, skip_pointwise=skip_pointwise, variant=variant, init=init,
+    )
+
+
+def plan_table(plan: ConversionPlan) -> Table:
+    """Every conv with its decision, for ``inspect`` and ``convert --dry-run``."""
+    table = Table(title=f"Conversion plan ({len(plan.converted)} of {len(plan.layers)} convs converted)", title_justify="left")
+    for column in ("layer", "in->out", "kernel", "stride", "calls", "ratio", "decision"):
+        table.add_column(column, justify="right" if column in ("calls", "ratio") else "left")
+    for layer in plan.layers:
+        kernel = "x".join(map(str, layer.kernel_size)) if layer.kernel_size else "?"
+        stride = "x".join(map(str, layer.stride)) if layer.stride else "-"
+        decision = "[green]convert[/]" if layer.convert else f"[yellow]keep[/]: {layer.reason}"
+        table.add_row(layer.name, f"{layer.in_channels}->{layer.out_channels}", kernel, stride,
+                      str(layer.call_sites), str(layer.ratio), decision)
+    return table
+
+
+def _print_trace(plan: ConversionPlan) -> None:
+    if plan.trace == "fx":
+        stdout.print("analysis: torch.fx graph (call sites and stem from the traced forward)")
+    else:
+        stdout.print(f"analysis: module walk, because {plan.trace_note}")
+
+
+def _resolve(model: str, checkpoint: Path | None, trust: bool, pretrained: bool) -> ResolvedModel:
+    with stdout.status(f"building {model} ..."):
+        resolved = resolve_model(model, checkpoint=checkpoint, pretrained=pretrained, trust_checkpoint=trust)
+    stdout.print(f"model: [bold]{resolved.spec}[/], {resolved.weights_note}", highlight=False)
+    return resolved
+
+
+@app.command()
+def convert(
+    model: ModelArg,
+    ratio: RatioOpt = 2,
+    dw_size: DwSizeOpt = 3,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    layer_ratio: LayerRatioOpt = None,
+    min_channels: MinChannelsOpt = 8,
+    skip_stem: SkipStemOpt = False,
+    skip_pointwise: SkipPointwiseOpt = False,
+    variant: Annotated[Variant, typer.Option(help="Ghost module kind: 'linear' is a drop-in for a conv; 'paper-bn-relu' has BN+ReLU inside (train it).")] = Variant("linear"),
+    init: Annotated[InitMode, typer.Option(help="'transfer' starts from the original weights; 'random' from scratch.")] = InitMode.transfer,
+    checkpoint: CheckpointOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    pretrained: PretrainedOpt = False,
+    input_size: InputSizeOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write model.safetensors, ghostify.json and the report (JSON + Markdown) here.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing non-empty output directory.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan only; convert nothing.")] = False,
+    latency: Annotated[bool, typer.Option("--latency", help="Also time both models (median of repeated runs).")] = False,
+    device: Annotated[str, typer.Option(help="Device for --latency: cpu or cuda.")] = "cpu",
+    layers: Annotated[bool, typer.Option("--layers", help="Print the per-layer table too.")] = False,
+) -> None:
+    """Convert MODEL's eligible convs to ghost modules and print a before/after report."""
+    try:
+        config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, variant.value, init.value)
+        resolved = _resolve(model, checkpoint, trust_checkpoint, pretrained)
+        size = _parse_input_size(input_size, resolved)
+        if dry_run:
+            plan = plan_conversion(resolved.model, config)
+            _print_trace(plan)
+            stdout.print(plan_table(plan))
+            return
+        with stdout.status("converting ..."):
+            converted = convert_model(resolved.model, config)
+        _print_trace(converted.ghostify_plan)
+        with stdout.status("measuring ..."):
+            report = compare(resolved.model, converted, input_size=size, latency=latency, device=device,
+                             original_name=resolved.spec, converted_name=f"{resolved.spec} (ghost s={ratio})")
+        report.weights_note = resolved.weights_note
+        stdout.print(report)
+        if layers:
+            stdout.print(report.layer_table())
+        if output is not None:
+            with atomic_directory(output, force=force) as staging:
+                write_model_files(converted, staging, base_model=resolved.spec)
+                report.save(staging)
+            stdout.print(f"wrote {output}/ (model.safetensors, ghostify.json, report.json, report.md)", highlight=False)
+    except GhostifyError as err:
+        _fail(str(err))
+
+
+@app.command()
+def inspect(
+    model: ModelArg,
+    ratio: RatioOpt = 2,
+    dw_size: DwSizeOpt = 3,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    layer_ratio: LayerRatioOpt = None,
+    min_channels: MinChannelsOpt = 8,
+    skip_stem: SkipStemOpt = False,
+    skip_pointwise: SkipPointwiseOpt = False,
+    checkpoint: CheckpointOpt = None,
+    trust_checkpoint: TrustOpt = False,
+) -> None:
+    """Show every conv of MODEL, whether it would be converted, at what ratio, and why not."""
+    try:
+        config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise)
+        resolved = _resolve(model, checkpoint, trust_checkpoint, False)
+        plan = plan_conversion(resolved.model, config)
+        _print_trace(plan)
+        stdout.print(plan_table(plan))
+    except GhostifyError as err:
+        _fail(str(err))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Human-readable numbers for reports: ``25.56 M`` parameters, ``4.11 G`` MACs, ``97.49 MiB``, ``1.83x``."""
+
+from __future__ import annotations
+
+import math
+
+_DECIMAL_PREFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"))
+_BINARY_UNITS = ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"))
+MISSING = "-"
+
+
+def human_count(value: float | None, digits: int = 2) -> str:
+    """A count with a decimal prefix, ``25557032 -> '25.56 M'``; small counts stay whole (``'512'``)."""
+    if value is None:
+        return MISSING
+    for scale, prefix in _DECIMAL_PREFIXES:
+        if abs(value) >= scale:
+            return f"{value / scale:.{digits}f} {prefix}"
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.{digits}f}"
+
+
+def human_bytes(value: float | None, digits: int = 2) -> str:
+    """A byte count in binary units, ``102228316 -> '97.49 MiB'``."""
+    if value is None:
+        return MISSING
+    for scale, unit in _BINARY_UNITS:
+        if abs(value) >= scale:
+            return f"{value / scale:.{digits}f} {unit}"
+    return f"{value:.0f} B"
+
+
+def human_ms(value: float | None) -> str:
+    """Milliseconds with precision that suits the size: ``'0.412 ms'``, ``'12.3 ms'``, ``'1534 ms'``."""
+    if value is None:
+        return MISSING
+    if value < 1:
+        return f"{value:.3f} ms"
+    if value < 100:
+        return f"{value:.1f} ms"
+    return f"{value:.0f} ms"
+
+
+def saving_ratio(before: float | None, after: float | None) -> float | None:
+    """``before / after`` (2.0 means halved); None when either is unknown or ``after`` is 0."""
+    if before is None or after is None or after == 0:
+        return None
+    return before / after
+
+
+def saving_percent(before: float | None, after: float | None) -> float | None:
+    """Share of ``before`` saved, in percent (negative when ``after`` grew); None when unknown."""
+    if before is None or after is None or before == 0:
+        return None
+    return (before - after) / before * 100.0
+
+
+def ratio_text(ratio: float | None, smaller: str = "smaller", larger: str = "larger") -> str:
+    """``1.83 -> '1.83x smaller'``, ``0.5 -> '2.00x larger'``, ``1.0 -> 'same'``."""
+    if ratio is None or math.isnan(ratio):
+        return MISSING
+    if math.isclose(ratio, 1.0, rel_tol=5e-4):
+        return "same"
+    if ratio > 1:
+        return f"{ratio:.2f}x {smaller}"
+    return f"{1 / ratio:.2f}x {larger}"
+
+
+def percent_text(percent: float | None) -> str:
+    """``45.3 -> '-45.3%'`` (a saving is a decrease), ``-10 -> '+10.0%'``."""
+    if percent is None:
+        return MISSING
+    return f"{-percent:+.1f}%"

@@ -1,0 +1,267 @@
+"""Counting and timing: parameters, size on disk, MACs (fvcore) and latency of a model.
+
+MACs are counted with fvcore's ``FlopCountAnalysis``, which counts one fused multiply-add as
+one "flop", so its numbers are multiply-accumulates (ResNet-50 at 224x224: 4.11 G). Ops fvcore
+has no formula for are not counted; ``MacCount.unsupported_ops`` says which, so a report can
+say what the total leaves out instead of hiding it.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import GhostifyError
+
+ModelInput = torch.Tensor | tuple[torch.Tensor, ...]
+
+EXAMPLE_INPUT_SEED = 0
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters; a parameter shared by several modules is counted once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def state_dict_bytes(model: nn.Module) -> int:
+    """Bytes of the distinct tensors of ``model.state_dict()``: about what a safetensors file holds.
+
+    Parameters and buffers (BatchNorm statistics, a ghost module's ``out_index``) both count;
+    a tensor registered under several names counts once.
+    """
+    seen: set[Any] = set()
+    total = 0
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if not isinstance(tensor, torch.Tensor):  # get_extra_state() payloads
+            continue
+        if tensor.device.type == "meta" or tensor.numel() == 0:
+            key: Any = ("unshared", name)
+        else:
+            key = (
+                tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+                tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype,
+            )
+        if key in seen:
+            continue
+        seen.add(key)
+        total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def example_input(input_size: Sequence[int], batch_size: int = 1) -> torch.Tensor:
+    """A deterministic random input of shape ``(batch_size, *input_size)`` (same values every call)."""
+    dims = (batch_size, *input_size)
+    if not dims[1:] or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
+        raise GhostifyError(
+            f"input size must be whole numbers >= 1 such as (3, 224, 224) and batch size >= 1, "
+            f"got input_size={tuple(input_size)!r}, batch_size={batch_size!r}"
+        )
+    generator = torch.Generator().manual_seed(EXAMPLE_INPUT_SEED)
+    return torch.randn(dims, generator=generator)
+
+
+def _as_args(inputs: ModelInput) -> tuple[torch.Tensor, ...]:
+    return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+@dataclass
+class MacCount:
+    """MACs of one forward pass, in total and per module (qualified names, ``""`` is the model).
+
+    ``by_module`` of a module includes its submodules. ``unsupported_ops`` maps an op fvcore has
+    no formula for (``aten::add_``, ``aten::index_select``, ...) to how often it ran uncounted.
+    """
+
+    total: int
+    by_module: dict[str, int]
+    unsupported_ops: dict[str, int]
+    by_operator: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _flop_count_analysis() -> type:
+    # Importing fvcore.nn scripts a few loss functions, which newer torch warns about on every import.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
+    return FlopCountAnalysis
+
+
+def count_macs(model: nn.Module, example_input: ModelInput) -> MacCount:
+    """MACs of ``model(example_input)`` in eval mode, counted by fvcore (one multiply-add = one MAC).
+
+    Eval mode so BatchNorm and dropout count as they run at inference; the model's training flag
+    is restored afterwards. fvcore's warnings are silenced: ``unsupported_ops`` carries them.
+    """
+    analysis_type = _flop_count_analysis()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer and deprecation warnings from torch.jit.trace
+            analysis = analysis_type(model, _as_args(example_input))
+            analysis.unsupported_ops_warnings(False)
+            analysis.uncalled_modules_warnings(False)
+            try:
+                total = analysis.total()
+            except Exception as err:  # jit tracing raises many types; any means "cannot count"
+                first_line = (str(err).splitlines() or [""])[0][:300]
+                raise GhostifyError(
+                    f"fvcore could not trace the model to count MACs ({type(err).__name__}: {first_line}). "
+                    "The model must run on the example input and return tensors (or tuples/dicts of them)."
+                ) from err
+            return MacCount(
+                total=int(total),
+                by_module={name: int(v) for name, v in analysis.by_module().items()},
+                unsupported_ops=dict(analysis.unsupported_ops()),
+                by_operator={name: int(v) for name, v in analysis.by_operator().items()},
+            )
+    finally:
+        model.train(was_training)
+
+
+@dataclass
+class LatencyStats:
+    """Wall-clock time of one forward pass over ``repeats`` timed runs, in milliseconds."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    repeats: int
+    device: str
+    batch_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> LatencyStats:
+        return cls(**payload)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; ``GhostifyError`` if it is malformed or not present here."""
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise GhostifyError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from None
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GhostifyError(f"device {device!r} asked for, but CUDA is not available on this machine; use --device cpu")
+        if target.index is None:
+            target = torch.device("cuda", torch.cuda.current_device())
+        elif target.index >= torch.cuda.device_count():
+            raise GhostifyError(
+                f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                "use cuda:0 or --device cpu"
+            )
+    elif target.type == "mps" and not torch.backends.mps.is_available():
+        raise GhostifyError(f"device {device!r} asked for, but MPS is not available on this machine; use --device cpu")
+    return target
+
+
+def _same_device(actual: torch.device, target: torch.device) -> bool:
+    if actual.type != target.type:
+        return False
+    return actual.index == target.index or target.type != "cuda"
+
+
+def _on_device(model: nn.Module, target: torch.device) -> bool:
+    tensors = [*model.parameters(), *model.buffers()]
+    return all(_same_device(t.device, target) for t in tensors)
+
+
+def _synchronize(target: torch.device) -> None:
+    if target.type == "cuda":
+        torch.cuda.synchronize(target)
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default) of already sorted values, ``q`` in [0, 100]."""
+    position = (len(sorted_values) - 1) * q / 100.0
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def measure_latencies(
+    models: Sequence[nn.Module],
+    example_input: ModelInput,
+    *,
+    warmup: int = 3,
+    repeats: int = 20,
+    device: str | torch.device = "cpu",
+) -> list[LatencyStats]:
+    """Time several models on the same input, interleaving their runs so drift hits all alike.
+
+    Each timed run is one forward pass in eval mode under ``torch.inference_mode``, bracketed by
+    ``torch.cuda.synchronize`` on CUDA. A model not already on ``device`` is timed on a moved
+    copy, so the caller's model stays where it is; training flags are restored.
+    """
+    for label, value, least in (("warmup", warmup, 0), ("repeats", repeats, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise GhostifyError(f"{label} must be a whole number >= {least}, got {value!r}")
+    target = resolve_device(device)
+    args = tuple(t.to(target) for t in _as_args(example_input))
+    batch_size = int(args[0].shape[0]) if args and args[0].dim() > 0 else 1
+
+    runners: list[nn.Module] = []
+    restore: list[tuple[nn.Module, bool]] = []
+    for model in models:
+        runner = model if _on_device(model, target) else copy.deepcopy(model).to(target)
+        restore.append((runner, runner.training))
+        runners.append(runner.eval())
+
+    times: list[list[float]] = [[] for _ in runners]
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                for runner in runners:
+                    runner(*args)
+            for repeat in range(repeats):
+                order = range(len(runners)) if repeat % 2 == 0 else reversed(range(len(runners)))
+                for index in order:
+                    _synchronize(target)
+                    start = time.perf_counter()
+                    runners[index](*args)
+                    _synchronize(target)
+                    times[index].append((time.perf_counter() - start) * 1000.0)
+    finally:
+        for runner, was_training in restore:
+            runner.train(was_training)
+
+    results = []
+    for samples in times:
+        ordered = sorted(samples)
+        results.append(
+            LatencyStats(
+                median_ms=statistics.median(ordered), p10_ms=_percentile(ordered, 10),
+                p90_ms=_percentile(ordered, 90), repeats=repeats, device=str(target), batch_size=batch_size,
+            )
+        )
+    return results
+
+
+def measure_latency(
+    model: nn.Module,
+    example_input: ModelInput,
+    *,
+    warmup: int = 3,
+    repeats: int = 20,
+    device: str | torch.device = "cpu",
+) -> LatencyStats:
+    """Median and p10/p90 wall-clock time of one forward pass of ``model`` on ``device``.
+
+    ``device="cuda"`` on a machine without CUDA raises ``GhostifyError`` (use ``device="cpu"``).
+    """
+    return measure_latencies([model], example_input, warmup=warmup, repeats=repeats, device=device)[0]

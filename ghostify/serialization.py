@@ -1,0 +1,121 @@
+"""Save and load converted models without pickling code: safetensors weights + a JSON recipe.
+
+The recipe names the base model (a ``resolve_model`` spec) and the per-layer plan, so ``load``
+rebuilds the same architecture from the base model and then reads the weights into it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from .convert import PLAN_ATTRIBUTE, get_plan
+from .errors import CheckpointError, GhostifyError
+from .graph_pass import apply_plan
+from .outputs import atomic_directory
+from .selection import ConversionPlan
+
+RECIPE_FILE = "ghostify.json"
+WEIGHTS_FILE = "model.safetensors"
+RECIPE_FORMAT = "ghostify.recipe"
+RECIPE_VERSION = 1
+
+
+def write_model_files(model: nn.Module, directory: Path, *, base_model: str | None) -> None:
+    """Write ``model.safetensors`` and ``ghostify.json`` into an existing ``directory``."""
+    from . import __version__
+
+    plan = get_plan(model)
+    if plan is None:
+        raise GhostifyError("this model carries no ghostify plan; save a model made by ghostify.convert or ghostify.load.")
+    recipe: dict[str, Any] = {
+        "format": RECIPE_FORMAT,
+        "format_version": RECIPE_VERSION,
+        "ghostify_version": __version__,
+        "base_model": base_model,
+        "plan": plan.to_dict(),
+    }
+    save_model(model, str(directory / WEIGHTS_FILE))
+    (directory / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
+
+
+def save(model: nn.Module, directory: str | Path, *, base_model: str | None = None, force: bool = False) -> Path:
+    """Save a converted model to ``directory`` atomically.
+
+    ``base_model`` is the spec ``load`` rebuilds the architecture from (``"timm:resnet50"``,
+    ``"path/to/file.py:make_model"``); without it, ``load`` needs ``base_model=`` at load time.
+    """
+    with atomic_directory(directory, force=force) as staging:
+        write_model_files(model, staging, base_model=base_model)
+    return Path(directory)
+
+
+def read_recipe(directory: str | Path) -> dict[str, Any]:
+    """The recipe of a saved model directory, checked for format and version."""
+    path = Path(directory) / RECIPE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} holds no {RECIPE_FILE}; is it a directory written by `ghostify convert -o`?")
+    try:
+        recipe = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"cannot read {path}: {err}") from None
+    if recipe.get("format") != RECIPE_FORMAT:
+        raise CheckpointError(f"{path} is not a ghostify recipe (format={recipe.get('format')!r}).")
+    if recipe.get("format_version", 0) > RECIPE_VERSION:
+        raise CheckpointError(f"{path} was written by a newer ghostify ({recipe.get('ghostify_version')}); upgrade ghostify.")
+    return recipe
+
+
+def load(directory: str | Path, base_model: nn.Module | str | None = None, *, trust_checkpoint: bool = False) -> nn.Module:
+    """Rebuild a model saved by ``save`` / ``ghostify convert -o``.
+
+    ``base_model``: the unconverted model (a module, copied and left untouched, or a spec);
+    by default the spec recorded in the recipe.
+    """
+    from .models import resolve_model
+
+    recipe = read_recipe(directory)
+    plan = ConversionPlan.from_dict(recipe["plan"])
+    if base_model is None:
+        if not recipe.get("base_model"):
+            raise GhostifyError(
+                f"{directory} does not record its base model; call ghostify.load(directory, base_model=YourModel())."
+            )
+        base_model = recipe["base_model"]
+    if isinstance(base_model, str):
+        model = resolve_model(base_model, trust_checkpoint=trust_checkpoint).model
+    else:
+        model = copy.deepcopy(base_model)
+    _check_base_model(model, plan, directory)
+    apply_plan(model, plan, transfer=False)
+    weights = Path(directory) / WEIGHTS_FILE
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except (OSError, RuntimeError) as err:
+        raise CheckpointError(f"cannot load {weights}: {err}") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights} does not fit the rebuilt model: missing {sorted(missing)[:8]}, unexpected "
+            f"{sorted(unexpected)[:8]}; was it saved from a different base model?"
+        )
+    setattr(model, PLAN_ATTRIBUTE, plan)
+    return model
+
+
+def _check_base_model(model: nn.Module, plan: ConversionPlan, directory: str | Path) -> None:
+    for layer in plan.converted:
+        try:
+            conv = model.get_submodule(layer.name)
+        except AttributeError:
+            conv = None
+        if not isinstance(conv, nn.Conv2d) or (conv.in_channels, conv.out_channels) != (layer.in_channels, layer.out_channels):
+            raise CheckpointError(
+                f"the base model does not match {directory}: layer {layer.name} should be a Conv2d "
+                f"{layer.in_channels}->{layer.out_channels}, found {type(conv).__name__ if conv is not None else 'nothing'}. "
+                "Pass the base model the directory was converted from."
+            )

@@ -1,0 +1,493 @@
+"""convert / convert_ on real and hand-made models: analysis, selection, swapping, config round trip."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import ghostify
+from ghostify import GhostConfig, GhostConv2d
+from ghostify.config import CONFIG_VERSION
+from ghostify.errors import ConfigError, PatternMatchError
+
+BUILDERS = {
+    "tv-resnet18": torchvision.models.resnet18,
+    "tv-resnet50": torchvision.models.resnet50,
+    "timm-resnet18": lambda: timm.create_model("resnet18"),
+    "timm-resnet50": lambda: timm.create_model("resnet50"),
+}
+CONV_COUNTS = {"resnet18": 20, "resnet50": 53}
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def conv_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if type(m) is nn.Conv2d]
+
+
+class Zoo:
+    """Builds each (model, ratio) once per module: the original, its output before conversion, the copy."""
+
+    def __init__(self) -> None:
+        self._cache: dict = {}
+        torch.manual_seed(0)
+        self.x = torch.randn(1, 3, 64, 64)
+
+    def get(self, name: str, ratio: int = 2):
+        if (name, ratio) not in self._cache:
+            torch.manual_seed(0)
+            model = BUILDERS[name]().eval()
+            with torch.no_grad():
+                before = model(self.x)
+            converted = ghostify.convert(model, ratio=ratio)
+            self._cache[name, ratio] = (model, before, converted)
+        return self._cache[name, ratio]
+
+
+@pytest.fixture(scope="module")
+def zoo() -> Zoo:
+    return Zoo()
+
+
+# ---------------------------------------------------------------------------------------------
+# ResNets from torchvision and timm
+
+
+def _check_converted(zoo: Zoo, name: str) -> tuple[nn.Module, nn.Module]:
+    model, before, converted = zoo.get(name)
+    plan = ghostify.get_plan(converted)
+    n_convs = CONV_COUNTS[name.split("-")[1]]
+    assert plan.trace == "fx" and plan.trace_note is None
+    assert len(plan.layers) == n_convs
+    assert len(plan.converted) == n_convs, [(l.name, l.reason) for l in plan.skipped]
+    assert all(l.ratio == 2 and l.call_sites == 1 and l.kind == "module" for l in plan.layers)
+    assert [l.name for l in plan.layers][0] == "conv1"
+    assert all(l.fit_error is not None and 0.0 < l.fit_error < 1.0 for l in plan.layers)
+    assert set(plan.layers[i].name for i in range(n_convs)) == set(conv_names(model))
+    ghosts = [n for n, m in converted.named_modules() if isinstance(m, GhostConv2d)]
+    assert sorted(ghosts) == sorted(conv_names(model))
+    assert type(converted) is type(model)
+
+    converted.eval()
+    with torch.no_grad():
+        out = converted(zoo.x)
+    assert out.shape == before.shape == (1, 1000)
+    assert torch.isfinite(out).all()
+
+    # the original is untouched: still plain convs, same output
+    assert len(conv_names(model)) == n_convs
+    assert not any(isinstance(m, GhostConv2d) for m in model.modules())
+    assert ghostify.get_plan(model) is None
+    with torch.no_grad():
+        assert torch.equal(model(zoo.x), before)
+    return model, converted
+
+
+@pytest.mark.parametrize("name", ["tv-resnet18", "timm-resnet18"])
+def test_resnet18_converts(zoo, name):
+    model, converted = _check_converted(zoo, name)
+    assert n_params(converted) < 0.6 * n_params(model)
+
+    trainable = copy.deepcopy(converted).train()
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 64, 64)
+    out = trainable(x)
+    assert out.shape == (2, 1000)
+    out.logsumexp(dim=1).mean().backward()
+    for module in trainable.modules():
+        if isinstance(module, GhostConv2d):
+            for p in (module.primary.weight, module.cheap.weight):
+                assert p.grad is not None and torch.isfinite(p.grad).all()
+            assert module.primary.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["tv-resnet50", "timm-resnet50"])
+def test_resnet50_converts(zoo, name):
+    _check_converted(zoo, name)
+
+
+def test_resnet50_param_counts(zoo):
+    model, _, half = zoo.get("timm-resnet50", 2)
+    assert n_params(model) == 25_557_032
+    assert 13_800_000 <= n_params(half) <= 14_100_000
+    _, _, quarter = zoo.get("timm-resnet50", 4)
+    assert 8_000_000 <= n_params(quarter) <= 8_250_000
+    assert all(l.ratio == 4 for l in ghostify.get_plan(quarter).converted)
+
+
+def test_reconverting_a_converted_model_finds_no_convs(zoo):
+    _, _, converted = zoo.get("tv-resnet18")
+    plan = ghostify.plan_conversion(converted)
+    assert plan.trace == "fx"
+    assert plan.layers == []  # the convs inside ghost modules are not offered again
+
+
+# ---------------------------------------------------------------------------------------------
+# A hand-made model with every awkward kind of conv
+
+
+class DoubledConv(nn.Conv2d):
+    """A Conv2d subclass whose forward is not Conv2d's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2
+
+
+class Awkward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.shared = nn.Conv2d(16, 16, 3, padding=1)  # called at two sites
+        self.a = nn.Conv2d(16, 16, 3, padding=1)  # registered under two names
+        self.b = self.a
+        self.weight = nn.Parameter(torch.randn(16, 16, 3, 3) * 0.1)  # functional conv
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)  # depthwise
+        self.unused = nn.Conv2d(16, 16, 3)  # never called
+        self.custom = DoubledConv(16, 16, 3, padding=1)  # overrides forward
+        self.head = nn.Conv2d(16, 10, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.shared(x).relu()
+        x = self.shared(x).relu()
+        x = self.a(x)
+        x = self.b(x)
+        x = F.conv2d(x, self.weight, padding=1)
+        x = self.dw(x)
+        x = self.custom(x)
+        return self.head(x)
+
+
+def test_awkward_model_plan():
+    torch.manual_seed(0)
+    model = Awkward()
+    plan = ghostify.plan_conversion(model)
+    assert plan.trace == "fx"
+    by_name = {l.name: l for l in plan.layers}
+    assert set(by_name) == {"stem", "shared", "a", "weight (functional)", "dw", "unused", "custom", "head"}
+    assert [l.name for l in plan.converted] == ["stem", "shared", "a", "head"]
+
+    assert by_name["shared"].call_sites == 2
+    assert by_name["a"].call_sites == 2 and by_name["a"].aliases == ["b"]
+    assert by_name["stem"].call_sites == 1
+
+    functional = by_name["weight (functional)"]
+    assert functional.kind == "functional" and not functional.convert and not functional.eligible
+    assert "functional" in functional.reason
+    assert functional.out_channels == 16 and functional.kernel_size == [3, 3]
+    assert "groups=16" in by_name["dw"].reason and "depthwise" in by_name["dw"].reason
+    assert by_name["unused"].call_sites == 0 and "never called" in by_name["unused"].reason
+    assert "DoubledConv overrides Conv2d.forward" in by_name["custom"].reason
+    assert by_name["custom"].call_sites == 1  # it is called, once
+    for name in ("dw", "unused", "custom"):
+        assert by_name[name].ratio == 1 and by_name[name].intrinsic_channels is None
+
+
+def test_awkward_model_convert():
+    torch.manual_seed(0)
+    model = Awkward().eval()
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        before = model(x)
+    converted = ghostify.convert(model, ratio=2)
+    with torch.no_grad():
+        after = converted(x)
+    assert after.shape == before.shape == (2, 10, 12, 12)
+    assert torch.isfinite(after).all()
+
+    assert isinstance(converted.a, GhostConv2d) and converted.a is converted.b
+    assert isinstance(converted.shared, GhostConv2d)
+    ghost_objects = {id(m) for m in converted.modules() if isinstance(m, GhostConv2d)}
+    assert len(ghost_objects) == 4  # stem, shared, a (= b), head: each shared conv converted once
+    named = [n for n, m in converted.named_modules(remove_duplicate=False) if isinstance(m, GhostConv2d)]
+    assert sorted(named) == ["a", "b", "head", "shared", "stem"]
+    assert type(converted.dw) is nn.Conv2d and type(converted.unused) is nn.Conv2d
+    assert type(converted.custom) is DoubledConv
+    assert converted.weight.shape == (16, 16, 3, 3)
+    assert model.a is model.b and type(model.a) is nn.Conv2d  # original untouched
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        if x.sum() > 0:
+            return self.conv2(x)
+        return self.conv3(x)
+
+
+def test_untraceable_model_falls_back_to_module_walk():
+    torch.manual_seed(0)
+    model = DataDependent().eval()
+    x = torch.randn(1, 3, 8, 8)
+    converted = ghostify.convert(model, ratio=2, skip_stem=True)
+    plan = ghostify.get_plan(converted)
+    assert plan.trace == "module"
+    assert "torch.fx" in plan.trace_note
+    assert [l.name for l in plan.layers] == ["conv1", "conv2", "conv3"]
+    assert [l.name for l in plan.converted] == ["conv2", "conv3"]
+    assert "stem" in plan.layer("conv1").reason
+    assert isinstance(converted.conv2, GhostConv2d) and isinstance(converted.conv3, GhostConv2d)
+    with torch.no_grad():
+        assert converted(x).shape == model(x).shape == (1, 16, 8, 8)
+    # the plan survives a JSON round trip
+    again = ghostify.ConversionPlan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert again.trace == "module" and again.trace_note == plan.trace_note
+    assert [l.to_dict() for l in again.layers] == [l.to_dict() for l in plan.layers]
+
+
+# ---------------------------------------------------------------------------------------------
+# Selection on torchvision's resnet18
+
+
+@pytest.fixture(scope="module")
+def resnet18() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18().eval()
+
+
+ALL18 = [
+    "conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2",
+    "layer2.0.conv1", "layer2.0.conv2", "layer2.0.downsample.0", "layer2.1.conv1", "layer2.1.conv2",
+    "layer3.0.conv1", "layer3.0.conv2", "layer3.0.downsample.0", "layer3.1.conv1", "layer3.1.conv2",
+    "layer4.0.conv1", "layer4.0.conv2", "layer4.0.downsample.0", "layer4.1.conv1", "layer4.1.conv2",
+]
+SELECTIONS = {
+    "layer2.0.conv1": ["layer2.0.conv1"],  # exact name
+    "conv1": ["conv1"] + [n for n in ALL18 if n.endswith(".conv1")],  # suffix after a dot
+    "0.conv2": [f"layer{i}.0.conv2" for i in range(1, 5)],  # dotted suffix
+    "layer4.*": [n for n in ALL18 if n.startswith("layer4.")],  # glob
+    "*.downsample.0": [n for n in ALL18 if "downsample" in n],  # glob
+    "re:layer[12]\\..*": [n for n in ALL18 if n.startswith(("layer1.", "layer2."))],  # regex, whole name
+}
+
+
+def _converted_names(plan) -> list[str]:
+    return [l.name for l in plan.converted]
+
+
+def test_resnet18_layer_names(resnet18):
+    assert [l.name for l in ghostify.plan_conversion(resnet18).layers] == ALL18
+
+
+@pytest.mark.parametrize("pattern", list(SELECTIONS))
+def test_include_patterns(resnet18, pattern):
+    plan = ghostify.plan_conversion(resnet18, include=[pattern])
+    assert _converted_names(plan) == SELECTIONS[pattern]
+    for layer in plan.skipped:
+        assert layer.reason == "not matched by any include pattern"
+        assert layer.eligible  # structurally fine, just not selected
+
+
+@pytest.mark.parametrize("pattern", list(SELECTIONS))
+def test_exclude_patterns(resnet18, pattern):
+    plan = ghostify.plan_conversion(resnet18, exclude=pattern)
+    assert _converted_names(plan) == [n for n in ALL18 if n not in SELECTIONS[pattern]]
+    assert [l.name for l in plan.skipped] == SELECTIONS[pattern]
+    assert all(l.reason == f"excluded by pattern {pattern!r}" for l in plan.skipped)
+
+
+def test_suffix_does_not_match_partial_names(resnet18):
+    # "onv1" is neither a name nor a dotted suffix of one
+    with pytest.raises(PatternMatchError, match="'onv1'"):
+        ghostify.plan_conversion(resnet18, include=["onv1"])
+    # regexes must match the whole name
+    with pytest.raises(PatternMatchError):
+        ghostify.plan_conversion(resnet18, include=["re:layer1"])
+
+
+def test_exclude_wins_over_include(resnet18):
+    plan = ghostify.plan_conversion(resnet18, include=["layer4.*"], exclude=["downsample.0"])
+    assert _converted_names(plan) == ["layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"]
+    assert plan.layer("layer4.0.downsample.0").reason == "excluded by pattern 'downsample.0'"
+
+
+def test_layer_ratios_first_match_wins(resnet18):
+    config = GhostConfig(ratio=2, layer_ratios=[("layer4.0.*", 4), ("layer4.*", 3), ("re:layer1\\..*", 1)])
+    plan = ghostify.plan_conversion(resnet18, config)
+    ratios = {l.name: l.ratio for l in plan.layers}
+    assert ratios["layer4.0.conv1"] == 4 and ratios["layer4.0.downsample.0"] == 4
+    assert ratios["layer4.1.conv1"] == 3 and ratios["layer4.1.conv2"] == 3
+    assert ratios["layer3.1.conv2"] == 2 and ratios["conv1"] == 2
+    for name in ALL18[1:5]:  # layer1: ratio 1 keeps the conv
+        layer = plan.layer(name)
+        assert not layer.convert and layer.ratio == 1
+        assert "ratio 1" in layer.reason and "re:layer1" in layer.reason
+    assert plan.layer("layer4.0.conv1").intrinsic_channels == 512 // 4
+    assert plan.layer("layer4.1.conv1").intrinsic_channels == -(-512 // 3)
+
+    # reversing the rules reverses which one wins for layer4.0
+    flipped = ghostify.plan_conversion(resnet18, layer_ratios={"layer4.*": 3, "layer4.0.*": 4})
+    assert flipped.layer("layer4.0.conv1").ratio == 3
+
+    converted = ghostify.convert(resnet18, config, include=["layer1.*", "layer4.*"])
+    assert converted.layer4[0].conv1.ratio == 4 and converted.layer4[1].conv2.ratio == 3
+    assert type(converted.layer1[0].conv1) is nn.Conv2d
+    assert type(converted.layer3[0].conv1) is nn.Conv2d
+    with torch.no_grad():
+        assert converted(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
+
+
+def test_global_ratio_one_converts_nothing(resnet18):
+    plan = ghostify.plan_conversion(resnet18, ratio=1)
+    assert plan.converted == []
+    assert all(l.reason == "ratio 1: nothing to convert" for l in plan.layers)
+
+
+def test_skip_stem_and_pointwise(resnet18):
+    plan = ghostify.plan_conversion(resnet18, skip_stem=True)
+    assert [l.name for l in plan.skipped] == ["conv1"]
+    assert plan.layer("conv1").reason == "stem conv (skip_stem)" and plan.layer("conv1").eligible
+
+    plan = ghostify.plan_conversion(resnet18, skip_pointwise=True)
+    assert [l.name for l in plan.skipped] == [n for n in ALL18 if "downsample" in n]
+    assert all(l.reason == "1x1 conv (skip_pointwise)" for l in plan.skipped)
+
+    both = ghostify.plan_conversion(resnet18, skip_stem=True, skip_pointwise=True)
+    assert len(both.converted) == 20 - 1 - 3
+
+
+def test_min_channels(resnet18):
+    plan = ghostify.plan_conversion(resnet18, min_channels=128)
+    assert [l.name for l in plan.skipped] == ALL18[:5]  # the 64-channel convs
+    for layer in plan.skipped:
+        assert layer.reason == "out_channels 64 < min_channels 128" and not layer.eligible
+    assert len(ghostify.plan_conversion(resnet18, min_channels=512).converted) == 5
+    assert ghostify.plan_conversion(resnet18, min_channels=1024).converted == []
+
+
+@pytest.mark.parametrize("option, value, pattern", [
+    ("include", ["layer9.*"], "layer9.*"),
+    ("include", ["conv1", "nope"], "nope"),
+    ("exclude", "re:head\\..*", "re:head\\..*"),
+    ("layer_ratios", {"fc": 3}, "fc"),  # the Linear head is no conv
+])
+def test_pattern_matching_nothing_is_an_error(resnet18, option, value, pattern):
+    with pytest.raises(PatternMatchError, match=re.escape(repr(pattern))) as info:
+        ghostify.plan_conversion(resnet18, **{option: value})
+    assert option in str(info.value)
+    with pytest.raises(PatternMatchError):
+        ghostify.convert(resnet18, **{option: value})
+
+
+def test_invalid_regex_and_unknown_option(resnet18):
+    with pytest.raises(ConfigError, match="regular expression"):
+        ghostify.convert(resnet18, include=["re:layer[1"])
+    with pytest.raises(ConfigError, match="ratioo"):
+        ghostify.convert(resnet18, ratioo=2)
+    with pytest.raises(ConfigError, match="ratio"):
+        ghostify.convert(resnet18, ratio=0)
+    with pytest.raises(ConfigError, match="dw_size"):
+        ghostify.convert(resnet18, dw_size=2)
+    with pytest.raises(ConfigError, match="layer_ratios"):
+        ghostify.convert(resnet18, layer_ratios={"conv1": 0})
+    with pytest.raises(ConfigError, match="variant"):
+        ghostify.convert(resnet18, variant="nope")
+    assert not any(isinstance(m, GhostConv2d) for m in resnet18.modules())
+
+
+# ---------------------------------------------------------------------------------------------
+# convert_ vs convert, variants, config
+
+
+class Small(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.conv2 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.bn(self.conv1(x)).relu())
+
+
+def test_convert_in_place_vs_copy():
+    torch.manual_seed(0)
+    model = Small().eval()
+    copied = ghostify.convert(model)
+    assert copied is not model
+    assert type(model.conv1) is nn.Conv2d and type(model.conv2) is nn.Conv2d
+    assert isinstance(copied.conv1, GhostConv2d) and copied.bn is not model.bn
+
+    same = ghostify.convert_(model)
+    assert same is model
+    assert isinstance(model.conv1, GhostConv2d) and isinstance(model.conv2, GhostConv2d)
+    assert ghostify.get_plan(model) is not None
+    assert [l.name for l in ghostify.get_plan(model).converted] == ["conv1", "conv2"]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():  # same deterministic transfer in both paths
+        torch.testing.assert_close(model(x), copied(x))
+
+
+def test_errors_leave_model_untouched():
+    model = Small()
+    with pytest.raises(PatternMatchError):
+        ghostify.convert_(model, exclude=["conv1", "conv3"])
+    assert type(model.conv1) is nn.Conv2d and ghostify.get_plan(model) is None
+
+
+def test_random_init_and_paper_variant():
+    torch.manual_seed(0)
+    model = Small().eval()
+    random = ghostify.convert(model, init="random")
+    assert all(l.fit_error is None for l in ghostify.get_plan(random).converted)
+    assert random.conv1.out_index.tolist() == list(range(16))
+
+    paper = ghostify.convert(model, variant="paper-bn-relu", dw_size=5, ratio=4)
+    assert isinstance(paper.conv1, ghostify.GhostConv2dBNReLU)
+    assert paper.conv2.dw_size == 5 and paper.conv2.ratio == 4
+    with torch.no_grad():
+        assert paper(torch.randn(1, 3, 8, 8)).shape == (1, 32, 4, 4)
+
+
+def test_config_round_trip():
+    config = GhostConfig(
+        ratio=3, dw_size=5, include=["layer1.*", "conv1"], exclude="re:.*downsample.*",
+        layer_ratios={"layer4.*": 4, "layer1.0.conv1": 1}, min_channels=16, skip_stem=True,
+        skip_pointwise=True, variant="paper-bn-relu", init="random",
+    )
+    assert config.include == ("layer1.*", "conv1") and config.exclude == ("re:.*downsample.*",)
+    assert config.layer_ratios == (("layer4.*", 4), ("layer1.0.conv1", 1))
+    payload = config.to_dict()
+    assert payload["_type"] == "GhostConfig" and payload["_version"] == CONFIG_VERSION
+    assert GhostConfig.from_dict(payload) == config
+    assert GhostConfig.from_dict(json.loads(json.dumps(payload))) == config
+    assert GhostConfig.from_dict(GhostConfig().to_dict()) == GhostConfig()
+
+
+def test_config_from_dict_rejects_newer_version_and_wrong_type():
+    payload = GhostConfig(ratio=3).to_dict()
+    payload["_version"] = CONFIG_VERSION + 1
+    with pytest.raises(ConfigError, match="newer"):
+        GhostConfig.from_dict(payload)
+    with pytest.raises(ConfigError, match="GhostConfig"):
+        GhostConfig.from_dict({"_type": "Other", "_version": 1, "_data": {}})
+    bad = GhostConfig().to_dict()
+    bad["_data"]["colour"] = "red"
+    with pytest.raises(ConfigError, match="colour"):
+        GhostConfig.from_dict(bad)
+
+
+def test_config_options_override_config(resnet18):
+    base = GhostConfig(ratio=4, exclude=["conv1"])
+    plan = ghostify.plan_conversion(resnet18, base, ratio=3)
+    assert plan.config.ratio == 3 and plan.config.exclude == ("conv1",)
+    assert all(l.ratio == 3 for l in plan.converted)
+    assert base.ratio == 4  # frozen, not mutated
