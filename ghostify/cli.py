@@ -7,6 +7,7 @@ traceback; typer itself rejects malformed options (``--ratio 1.5``) with exit 2.
 from __future__ import annotations
 
 import re
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
@@ -33,8 +34,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-stdout = Console()
-stderr = Console(stderr=True)
+# Rich wraps at 80 columns when output is not a terminal; logs and pipes read better wider.
+_PIPE_WIDTH = 160
+stdout = Console(width=None if sys.stdout.isatty() else _PIPE_WIDTH)
+stderr = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPE_WIDTH)
 
 Variant = Enum("Variant", {name.replace("-", "_"): name for name in VARIANTS}, type=str)  # type: ignore[misc]
 
@@ -60,7 +63,7 @@ InputSizeOpt = Annotated[Optional[str], typer.Option("--input-size", help="C,H,W
 
 
 def _fail(message: str) -> NoReturn:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=1)
 
 
@@ -114,13 +117,13 @@ def _print_trace(plan: ConversionPlan) -> None:
     if plan.trace == "fx":
         stdout.print("analysis: torch.fx graph (call sites and stem from the traced forward)")
     else:
-        stdout.print(f"analysis: module walk, because {plan.trace_note}")
+        stdout.print(f"analysis: module walk, because {plan.trace_note}", soft_wrap=True)
 
 
 def _resolve(model: str, checkpoint: Path | None, trust: bool, pretrained: bool) -> ResolvedModel:
     with stdout.status(f"building {model} ..."):
         resolved = resolve_model(model, checkpoint=checkpoint, pretrained=pretrained, trust_checkpoint=trust)
-    stdout.print(f"model: [bold]{resolved.spec}[/], {resolved.weights_note}", highlight=False)
+    stdout.print(f"model: [bold]{resolved.spec}[/], {resolved.weights_note}", highlight=False, soft_wrap=True)
     return resolved
 
 
@@ -172,7 +175,7 @@ def convert(
             with atomic_directory(output, force=force) as staging:
                 write_model_files(converted, staging, base_model=resolved.spec)
                 report.save(staging)
-            stdout.print(f"wrote {output}/ (model.safetensors, ghostify.json, report.json, report.md)", highlight=False)
+            stdout.print(f"wrote {output}/ (model.safetensors, ghostify.json, report.json, report.md)", highlight=False, soft_wrap=True)
     except GhostifyError as err:
         _fail(str(err))
 

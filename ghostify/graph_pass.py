@@ -63,12 +63,16 @@ def _timm_notrace() -> tuple[set[type], set[Callable]]:
 
 
 class GhostifyTracer(fx.Tracer):
-    """FX tracer that keeps ghost modules and timm's not-traceable modules as leaves."""
+    """FX tracer that keeps convs, ghost modules and timm's not-traceable modules as leaves.
+
+    Every ``Conv2d`` is a leaf, subclasses included (FX would otherwise trace into a subclass
+    defined outside ``torch.nn`` and see only a functional ``conv2d`` on its weight).
+    """
 
     def __init__(self) -> None:
         leaf_modules, functions = _timm_notrace()
         super().__init__(autowrap_functions=tuple(functions))
-        self._leaf_types = tuple(leaf_modules) + GHOST_MODULE_TYPES
+        self._leaf_types = tuple(leaf_modules) + GHOST_MODULE_TYPES + (nn.Conv2d,)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return isinstance(m, self._leaf_types) or super().is_leaf_module(m, module_qualified_name)

@@ -56,6 +56,23 @@ def state_dict_bytes(model: nn.Module) -> int:
     return total
 
 
+def check_runs(model: nn.Module, inputs: torch.Tensor) -> None:
+    """Run ``model`` once in eval mode; a failure becomes a ``GhostifyError`` about the input size."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(inputs)
+    except Exception as err:  # the model's own code raises anything: all mean "wrong input"
+        first_line = (str(err).splitlines() or [""])[0][:300]
+        size = ",".join(map(str, inputs.shape[1:]))
+        raise GhostifyError(
+            f"the model failed on an input of size {size} (C,H,W) ({type(err).__name__}: {first_line}). "
+            "Pass --input-size C,H,W (input_size= in Python) matching what the model expects."
+        ) from None
+    finally:
+        model.train(was_training)
+
+
 def example_input(input_size: Sequence[int], batch_size: int = 1) -> torch.Tensor:
     """A deterministic random input of shape ``(batch_size, *input_size)`` (same values every call)."""
     dims = (batch_size, *input_size)

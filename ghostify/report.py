@@ -32,7 +32,9 @@ from .formatting import (
     saving_percent,
     saving_ratio,
 )
-from .measure import LatencyStats, MacCount, count_macs, count_params, example_input, measure_latencies, state_dict_bytes
+from .measure import (
+    LatencyStats, MacCount, check_runs, count_macs, count_params, example_input, measure_latencies, state_dict_bytes,
+)
 from .selection import ConversionPlan, LayerPlan
 
 REPORT_SCHEMA = "ghostify.report"
@@ -493,6 +495,7 @@ def compare(
     plan = _require_plan(converted)
     input_dims = tuple(input_size)
     inputs = example_input(input_dims, batch_size)
+    check_runs(original, inputs.to(_model_device(original)))
     before = count_macs(original, inputs.to(_model_device(original)))
     after = count_macs(converted, inputs.to(_model_device(converted)))
     rows = [_layer_row(layer, original, converted, before, after) for layer in plan.layers]
