@@ -14,6 +14,8 @@ from ghostify.errors import ConfigError
 from ghostify.ghost_module import GhostConv2d, GhostConv2dBNReLU, intrinsic_channels
 from ghostify.weight_transfer import assign_channels, transfer_weights
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)

@@ -26,6 +26,8 @@ BUILDERS = {
 }
 CONV_COUNTS = {"resnet18": 20, "resnet50": 53}
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

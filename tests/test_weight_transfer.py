@@ -12,6 +12,8 @@ from torch import nn
 from ghostify.ghost_module import GhostConv2d
 from ghostify.weight_transfer import ChannelAssignment, assign_channels, fit_cheap_kernels, transfer_weights
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 # The fit regularises its normal equations by 1e-9 * mean(diag) and the reported error includes that
 # term, so an exact fit reports about sqrt(1e-9) ~ 3e-5 rather than 0.
