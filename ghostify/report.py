@@ -19,6 +19,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 from torch import nn
+from torch.utils.data import Dataset
 
 from .convert import get_plan
 from .errors import GhostifyError
@@ -35,6 +36,7 @@ from .formatting import (
 from .measure import (
     LatencyStats, MacCount, check_runs, count_macs, count_params, example_input, measure_latencies, state_dict_bytes,
 )
+from .evaluate import AccuracyStats, evaluate
 from .selection import ConversionPlan, LayerPlan
 
 REPORT_SCHEMA = "ghostify.report"
@@ -107,6 +109,7 @@ class ComparisonReport:
     unsupported_ops_after: dict[str, int] = field(default_factory=dict)
     latency_before: LatencyStats | None = None
     latency_after: LatencyStats | None = None
+    accuracy: AccuracyStats | None = None
     original_name: str = "original"
     converted_name: str = "converted"
     weights_note: str | None = None
@@ -177,6 +180,8 @@ class ComparisonReport:
         for key in ("latency_before", "latency_after"):
             if data.get(key) is not None:
                 data[key] = LatencyStats.from_dict(data[key])
+        if data.get("accuracy") is not None:
+            data["accuracy"] = AccuracyStats(**data["accuracy"])
         return cls(**data)
 
     @classmethod
@@ -221,6 +226,12 @@ class ComparisonReport:
                 f"{human_ms(before.median_ms)} [{human_ms(before.p10_ms)}-{human_ms(before.p90_ms)}]",
                 f"{human_ms(after.median_ms)} [{human_ms(after.p10_ms)}-{human_ms(after.p90_ms)}]",
                 saving(savings["latency_speedup"], savings["latency_percent"], "faster", "slower"),
+            ))
+        if self.accuracy is not None:
+            acc = self.accuracy
+            rows.append((
+                f"Top-1 on {acc.dataset} ({acc.samples} images)", f"{acc.top1_before:.1%}", f"{acc.top1_after:.1%}",
+                f"{(acc.top1_after - acc.top1_before) * 100:+.1f} pts; agrees with original on {acc.agreement:.1%}",
             ))
         rows.append((
             "Conv layers", f"{self.convs_total} convs", f"{self.convs_converted} ghost",
@@ -326,13 +337,18 @@ class ComparisonReport:
         yield Text("\n".join(self._notes()))
 
     def __str__(self) -> str:
-        buffer = io.StringIO()
-        console = Console(
-            file=buffer, width=RENDER_WIDTH, no_color=True, color_system=None, force_terminal=False,
-            highlight=False, emoji=False, soft_wrap=False,
-        )
-        console.print(Group(self, Text(""), self.layer_table()))
-        return buffer.getvalue()
+        return render_text(self, Text(""), self.layer_table())
+
+
+def render_text(*renderables: Any) -> str:
+    """Plain text (no colour, ``RENDER_WIDTH`` columns) of rich renderables, for ``str()`` and files."""
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer, width=RENDER_WIDTH, no_color=True, color_system=None, force_terminal=False,
+        highlight=False, emoji=False, soft_wrap=False,
+    )
+    console.print(Group(*renderables))
+    return buffer.getvalue()
 
 
 def _md_cell(value: Any) -> str:
@@ -481,6 +497,8 @@ def compare(
     device: str = "cpu",
     latency_warmup: int = 3,
     latency_repeats: int = 20,
+    data: Dataset | None = None,
+    data_name: str = "data",
     original_name: str = "original",
     converted_name: str = "converted",
 ) -> ComparisonReport:
@@ -488,7 +506,8 @@ def compare(
 
     MACs are counted on each model's own device; ``latency=True`` also times both models on
     ``device`` (``latency_warmup`` untimed then ``latency_repeats`` timed runs each), interleaving
-    their runs. Neither model is changed (training flags are restored).
+    their runs. With ``data`` (a labelled dataset, see ``ghostify.evaluate.image_folder``) it
+    also measures top-1 accuracy of both and how often they agree. Neither model is changed.
     """
     from . import __version__  # here, not at import time: ghostify/__init__ may import this module
 
@@ -500,6 +519,7 @@ def compare(
     after = count_macs(converted, inputs.to(_model_device(converted)))
     rows = [_layer_row(layer, original, converted, before, after) for layer in plan.layers]
     ok, problems, outside_before, outside_after = check_macs(rows, before, after, converted)
+    accuracy = evaluate(original, converted, data, name=data_name) if data is not None else None
     latency_before = latency_after = None
     if latency:
         latency_before, latency_after = measure_latencies(
@@ -517,6 +537,6 @@ def compare(
         config=plan.config.to_dict(), trace=plan.trace, trace_note=plan.trace_note,
         input_size=input_dims, batch_size=batch_size,
         unsupported_ops_before=dict(before.unsupported_ops), unsupported_ops_after=dict(after.unsupported_ops),
-        latency_before=latency_before, latency_after=latency_after,
+        latency_before=latency_before, latency_after=latency_after, accuracy=accuracy,
         original_name=original_name, converted_name=converted_name, ghostify_version=__version__,
     )

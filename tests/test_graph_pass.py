@@ -76,7 +76,7 @@ def _check_converted(zoo: Zoo, name: str) -> tuple[nn.Module, nn.Module]:
     assert all(l.ratio == 2 and l.call_sites == 1 and l.kind == "module" for l in plan.layers)
     assert [l.name for l in plan.layers][0] == "conv1"
     assert all(l.fit_error is not None and 0.0 < l.fit_error < 1.0 for l in plan.layers)
-    assert set(plan.layers[i].name for i in range(n_convs)) == set(conv_names(model))
+    assert {l.name for l in plan.layers} == set(conv_names(model))
     ghosts = [n for n, m in converted.named_modules() if isinstance(m, GhostConv2d)]
     assert sorted(ghosts) == sorted(conv_names(model))
     assert type(converted) is type(model)

@@ -1,0 +1,160 @@
+"""Compare several ghost ratios of one model in one report (``ghostify sweep MODEL --ratios 2,3,4``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.table import Table
+from torch import nn
+from torch.utils.data import Dataset
+
+from .config import GhostConfig
+from .convert import convert
+from .errors import ConfigError, GhostifyError
+from .formatting import human_count, ratio_text
+from .report import ComparisonReport, compare, render_text
+
+SWEEP_SCHEMA = "ghostify.sweep"
+SWEEP_SCHEMA_VERSION = 1
+
+
+@dataclass
+class SweepReport:
+    """One ``ComparisonReport`` per ratio, all of the same base model on the same input."""
+
+    model: str
+    reports: list[ComparisonReport]
+
+    @property
+    def ratios(self) -> list[int]:
+        return [int(report.config["_data"]["ratio"]) for report in self.reports]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SWEEP_SCHEMA,
+            "schema_version": SWEEP_SCHEMA_VERSION,
+            "model": self.model,
+            "ratios": self.ratios,
+            "reports": [report.to_dict() for report in self.reports],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> SweepReport:
+        if payload.get("schema") != SWEEP_SCHEMA:
+            raise GhostifyError(f"not a ghostify sweep (schema={payload.get('schema')!r}, expected {SWEEP_SCHEMA!r})")
+        if payload.get("schema_version", 0) > SWEEP_SCHEMA_VERSION:
+            raise GhostifyError(f"sweep schema version {payload['schema_version']} is newer than this ghostify reads; upgrade ghostify")
+        return cls(model=payload["model"], reports=[ComparisonReport.from_dict(r) for r in payload["reports"]])
+
+    @classmethod
+    def from_json(cls, text: str) -> SweepReport:
+        return cls.from_dict(json.loads(text))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One summary row per ratio, the base model first (ratio 1)."""
+        first = self.reports[0]
+        rows = [{
+            "ratio": 1, "params": first.params_before, "macs": first.macs_before,
+            "top1": first.accuracy.top1_before if first.accuracy else None, "agreement": None,
+            "latency_ms": first.latency_before.median_ms if first.latency_before else None,
+        }]
+        for ratio, report in zip(self.ratios, self.reports):
+            rows.append({
+                "ratio": ratio, "params": report.params_after, "macs": report.macs_after,
+                "top1": report.accuracy.top1_after if report.accuracy else None,
+                "agreement": report.accuracy.agreement if report.accuracy else None,
+                "latency_ms": report.latency_after.median_ms if report.latency_after else None,
+            })
+        return rows
+
+    def summary_table(self) -> Table:
+        table = Table(title=f"ghostify sweep: {self.model}", title_justify="left")
+        for column in ("Ratio", "Params", "MACs", "MACs saving", "Top-1", "Agreement", "Latency (median)"):
+            table.add_column(column, justify="left" if column == "Ratio" else "right")
+        base_macs = self.rows()[0]["macs"]
+        for row in self.rows():
+            table.add_row(
+                "original" if row["ratio"] == 1 else f"s={row['ratio']}",
+                human_count(row["params"]), human_count(row["macs"]),
+                "-" if row["ratio"] == 1 else ratio_text(base_macs / row["macs"], "fewer", "more"),
+                "-" if row["top1"] is None else f"{row['top1']:.1%}",
+                "-" if row["agreement"] is None else f"{row['agreement']:.1%}",
+                "-" if row["latency_ms"] is None else f"{row['latency_ms']:.2f} ms",
+            )
+        return table
+
+    def to_markdown(self) -> str:
+        lines = [f"# ghostify sweep: {self.model}", "", "| Ratio | Params | MACs | Top-1 | Agreement | Latency (median ms) |",
+                 "|---|---:|---:|---:|---:|---:|"]
+        for row in self.rows():
+            lines.append("| {} | {} | {} | {} | {} | {} |".format(
+                "original" if row["ratio"] == 1 else f"s={row['ratio']}", human_count(row["params"]), human_count(row["macs"]),
+                "-" if row["top1"] is None else f"{row['top1']:.1%}",
+                "-" if row["agreement"] is None else f"{row['agreement']:.1%}",
+                "-" if row["latency_ms"] is None else f"{row['latency_ms']:.2f}",
+            ))
+        for report in self.reports:
+            lines += ["", report.to_markdown().replace("\n# ", "\n## ", 1)]
+        return "\n".join(lines) + "\n"
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.summary_table()
+
+    def __str__(self) -> str:
+        return render_text(self.summary_table())
+
+    def save(self, directory: str | Path) -> list[Path]:
+        """Write ``sweep.json``, ``sweep.md`` and ``sweep.html`` into ``directory``."""
+        from .report_html import render_html
+
+        target = Path(directory)
+        target.mkdir(parents=True, exist_ok=True)
+        paths = [target / "sweep.json", target / "sweep.md", target / "sweep.html"]
+        paths[0].write_text(self.to_json() + "\n", encoding="utf-8")
+        paths[1].write_text(self.to_markdown(), encoding="utf-8")
+        paths[2].write_text(render_html(self), encoding="utf-8")
+        return paths
+
+
+def parse_ratios(text: str | Iterable[int]) -> list[int]:
+    """``"2,3,4"`` or ``[2, 3, 4]`` as a sorted list of distinct ratios >= 2."""
+    items = [part.strip() for part in text.split(",")] if isinstance(text, str) else list(text)
+    try:
+        ratios = sorted({int(item) for item in items if str(item) != ""})
+    except ValueError:
+        raise ConfigError(f"ratios must be whole numbers separated by commas, such as 2,3,4; got {text!r}.") from None
+    if not ratios or any(r < 2 for r in ratios):
+        raise ConfigError(f"ratios must be whole numbers >= 2, such as 2,3,4; got {text!r}.")
+    return ratios
+
+
+def sweep(
+    model: nn.Module,
+    ratios: Sequence[int] | str = (2, 3, 4),
+    input_size: Sequence[int] = (3, 224, 224),
+    *,
+    config: GhostConfig | None = None,
+    data: Dataset | None = None,
+    data_name: str = "data",
+    latency: bool = False,
+    device: str = "cpu",
+    model_name: str = "model",
+    **options: Any,
+) -> SweepReport:
+    """Convert ``model`` at each ratio and compare each result with it (``options``: GhostConfig fields)."""
+    reports = []
+    for ratio in parse_ratios(ratios):
+        converted = convert(model, config, **{**options, "ratio": ratio})
+        reports.append(compare(
+            model, converted, tuple(input_size), data=data, data_name=data_name, latency=latency, device=device,
+            original_name=model_name, converted_name=f"{model_name} (ghost s={ratio})",
+        ))
+    return SweepReport(model=model_name, reports=reports)
