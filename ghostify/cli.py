@@ -15,16 +15,20 @@ from typing import Annotated, NoReturn, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 from .config import GhostConfig
 from .convert import convert as convert_model
 from .convert import plan_conversion
 from .errors import ConfigError, GhostifyError
+from .evaluate import image_folder, normalization_for
 from .graph_pass import VARIANTS
 from .models import ResolvedModel, default_input_size, resolve_model
 from .outputs import atomic_directory
 from .report import compare
 from .selection import ConversionPlan
+from .serialization import load
+from .sweep import parse_ratios, sweep as sweep_ratios
 from .serialization import write_model_files
 
 app = typer.Typer(
@@ -59,6 +63,11 @@ SkipPointwiseOpt = Annotated[bool, typer.Option("--skip-pointwise", help="Leave 
 CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Weights to load: a state dict, {'state_dict': ...} or {'model': ...}; a 'module.' prefix is stripped.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow checkpoints holding pickled Python objects. Unpickling can run code: only for files you trust.")]
 PretrainedOpt = Annotated[bool, typer.Option("--pretrained", help="Download the source's pretrained weights (needs a network).")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="ImageFolder root (DIR/<class>/<image>) to measure top-1 and agreement with the original.")]
+DataLimitOpt = Annotated[Optional[int], typer.Option("--data-limit", min=1, help="Use at most this many images of --data (spread over all classes).")]
+LatencyOpt = Annotated[bool, typer.Option("--latency", help="Also time both models (median of repeated runs, interleaved).")]
+DeviceOpt = Annotated[str, typer.Option(help="Device for --latency: cpu or cuda.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing non-empty output directory.")]
 InputSizeOpt = Annotated[Optional[str], typer.Option("--input-size", help="C,H,W of one input (default: the model's own, else 3,224,224).")]
 
 
@@ -67,9 +76,9 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(code=1)
 
 
-def _parse_input_size(text: str | None, resolved: ResolvedModel) -> tuple[int, int, int]:
+def _parse_input_size(text: str | None, model: nn.Module) -> tuple[int, int, int]:
     if text is None:
-        return default_input_size(resolved.model)
+        return default_input_size(model)
     parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
     if not all(p.isdigit() and int(p) > 0 for p in parts) or len(parts) not in (1, 2, 3):
         raise ConfigError(f"--input-size must look like 3,224,224 (C,H,W), 224,224 or 224; got {text!r}.")
@@ -120,6 +129,28 @@ def _print_trace(plan: ConversionPlan) -> None:
         stdout.print(f"analysis: module walk, because {plan.trace_note}", soft_wrap=True)
 
 
+def _data_args(data: Path | None, limit: int | None, size: tuple[int, int, int], model) -> dict:
+    """``compare``/``sweep`` keyword arguments for evaluating on ``--data``, normalised as the model expects."""
+    if data is None:
+        return {}
+    mean, std = normalization_for(model)
+    return {"data": image_folder(data, size, mean=mean, std=std, limit=limit), "data_name": str(data)}
+
+
+def _load_any(spec: str, checkpoint: Path | None, trust: bool) -> tuple[nn.Module, str]:
+    """A model from a spec, or from a directory written by ``convert -o``; with its display name."""
+    path = Path(spec)
+    if path.is_dir():
+        if checkpoint is not None:
+            raise ConfigError(f"{spec} is a saved ghostify directory: it carries its weights, so --checkpoint does not apply to it.")
+        with stdout.status(f"loading {spec} ..."):
+            model = load(path, trust_checkpoint=trust)
+        stdout.print(f"model: [bold]{spec}[/] (saved ghostify model)", highlight=False, soft_wrap=True)
+        return model, spec
+    resolved = _resolve(spec, checkpoint, trust, False)
+    return resolved.model, resolved.spec
+
+
 def _resolve(model: str, checkpoint: Path | None, trust: bool, pretrained: bool) -> ResolvedModel:
     with stdout.status(f"building {model} ..."):
         resolved = resolve_model(model, checkpoint=checkpoint, pretrained=pretrained, trust_checkpoint=trust)
@@ -145,17 +176,19 @@ def convert(
     pretrained: PretrainedOpt = False,
     input_size: InputSizeOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write model.safetensors, ghostify.json and the report (JSON + Markdown) here.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing non-empty output directory.")] = False,
+    force: ForceOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan only; convert nothing.")] = False,
-    latency: Annotated[bool, typer.Option("--latency", help="Also time both models (median of repeated runs).")] = False,
-    device: Annotated[str, typer.Option(help="Device for --latency: cpu or cuda.")] = "cpu",
+    data: DataOpt = None,
+    data_limit: DataLimitOpt = None,
+    latency: LatencyOpt = False,
+    device: DeviceOpt = "cpu",
     layers: Annotated[bool, typer.Option("--layers", help="Print the per-layer table too.")] = False,
 ) -> None:
     """Convert MODEL's eligible convs to ghost modules and print a before/after report."""
     try:
         config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, variant.value, init.value)
         resolved = _resolve(model, checkpoint, trust_checkpoint, pretrained)
-        size = _parse_input_size(input_size, resolved)
+        size = _parse_input_size(input_size, resolved.model)
         if dry_run:
             plan = plan_conversion(resolved.model, config)
             _print_trace(plan)
@@ -166,7 +199,8 @@ def convert(
         _print_trace(converted.ghostify_plan)
         with stdout.status("measuring ..."):
             report = compare(resolved.model, converted, input_size=size, latency=latency, device=device,
-                             original_name=resolved.spec, converted_name=f"{resolved.spec} (ghost s={ratio})")
+                             original_name=resolved.spec, converted_name=f"{resolved.spec} (ghost s={ratio})",
+                             **_data_args(data, data_limit, size, resolved.model))
         report.weights_note = resolved.weights_note
         stdout.print(report)
         if layers:
@@ -175,7 +209,7 @@ def convert(
             with atomic_directory(output, force=force) as staging:
                 write_model_files(converted, staging, base_model=resolved.spec)
                 report.save(staging)
-            stdout.print(f"wrote {output}/ (model.safetensors, ghostify.json, report.json, report.md)", highlight=False, soft_wrap=True)
+            stdout.print(f"wrote {output}/ (model.safetensors, ghostify.json, report.json, report.md, report.html)", highlight=False, soft_wrap=True)
     except GhostifyError as err:
         _fail(str(err))
 
@@ -201,6 +235,82 @@ def inspect(
         plan = plan_conversion(resolved.model, config)
         _print_trace(plan)
         stdout.print(plan_table(plan))
+    except GhostifyError as err:
+        _fail(str(err))
+
+
+@app.command(name="compare")
+def compare_command(
+    original: Annotated[str, typer.Argument(help="The original model: a spec (see convert) or a directory from `convert -o`.", show_default=False)],
+    converted: Annotated[str, typer.Argument(help="The converted model: a directory written by `ghostify convert -o`.", show_default=False)],
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Weights for ORIGINAL when it is a spec.")] = None,
+    trust_checkpoint: TrustOpt = False,
+    input_size: InputSizeOpt = None,
+    data: DataOpt = None,
+    data_limit: DataLimitOpt = None,
+    latency: LatencyOpt = False,
+    device: DeviceOpt = "cpu",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write report.json, report.md and report.html here.")] = None,
+    force: ForceOpt = False,
+    layers: Annotated[bool, typer.Option("--layers", help="Print the per-layer table too.")] = False,
+) -> None:
+    """Compare ORIGINAL with CONVERTED: params, MACs, size, latency, accuracy and per-layer costs."""
+    try:
+        original_model, original_name = _load_any(original, checkpoint, trust_checkpoint)
+        converted_path = Path(converted)
+        if not converted_path.is_dir():
+            raise ConfigError(f"CONVERTED must be a directory written by `ghostify convert -o`; {converted} is not a directory.")
+        converted_model, converted_name = _load_any(converted, None, trust_checkpoint)
+        size = _parse_input_size(input_size, original_model)
+        with stdout.status("measuring ..."):
+            report = compare(original_model, converted_model, input_size=size, latency=latency, device=device,
+                             original_name=original_name, converted_name=converted_name,
+                             **_data_args(data, data_limit, size, original_model))
+        stdout.print(report)
+        if layers:
+            stdout.print(report.layer_table())
+        if output is not None:
+            with atomic_directory(output, force=force) as staging:
+                report.save(staging)
+            stdout.print(f"wrote {output}/ (report.json, report.md, report.html)", highlight=False, soft_wrap=True)
+    except GhostifyError as err:
+        _fail(str(err))
+
+
+@app.command()
+def sweep(
+    model: ModelArg,
+    ratios: Annotated[str, typer.Option("--ratios", help="Comma-separated ratios to compare, e.g. 2,3,4.")] = "2,3,4",
+    dw_size: DwSizeOpt = 3,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    min_channels: MinChannelsOpt = 8,
+    skip_stem: SkipStemOpt = False,
+    skip_pointwise: SkipPointwiseOpt = False,
+    checkpoint: CheckpointOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    input_size: InputSizeOpt = None,
+    data: DataOpt = None,
+    data_limit: DataLimitOpt = None,
+    latency: LatencyOpt = False,
+    device: DeviceOpt = "cpu",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write sweep.json, sweep.md and sweep.html here.")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Convert MODEL at several ratios and compare them in one report (accuracy vs MACs with --data)."""
+    try:
+        ratio_list = parse_ratios(ratios)
+        config = _config(ratio_list[0], dw_size, include, exclude, None, min_channels, skip_stem, skip_pointwise)
+        resolved = _resolve(model, checkpoint, trust_checkpoint, False)
+        size = _parse_input_size(input_size, resolved.model)
+        with stdout.status(f"converting and measuring at ratios {ratio_list} ..."):
+            report = sweep_ratios(resolved.model, ratio_list, size, config=config, latency=latency, device=device,
+                                  model_name=resolved.spec, **_data_args(data, data_limit, size, resolved.model))
+        stdout.print(report)
+        if output is not None:
+            with atomic_directory(output, force=force) as staging:
+                report.save(staging)
+            stdout.print(f"wrote {output}/ (sweep.json, sweep.md, sweep.html)", highlight=False, soft_wrap=True)
     except GhostifyError as err:
         _fail(str(err))
 

@@ -188,14 +188,18 @@ class ComparisonReport:
     def from_json(cls, text: str) -> ComparisonReport:
         return cls.from_dict(json.loads(text))
 
-    def save(self, directory: str | Path) -> tuple[Path, Path]:
-        """Write ``report.json`` and ``report.md`` into ``directory`` (created if missing)."""
+    def save(self, directory: str | Path) -> tuple[Path, Path, Path]:
+        """Write ``report.json``, ``report.md`` and ``report.html`` into ``directory`` (created if
+        missing); returns their paths in that order."""
+        from .report_html import render_html
+
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
-        json_path, markdown_path = target / "report.json", target / "report.md"
+        json_path, markdown_path, html_path = target / "report.json", target / "report.md", target / "report.html"
         json_path.write_text(self.to_json() + "\n", encoding="utf-8")
         markdown_path.write_text(self.to_markdown(), encoding="utf-8")
-        return json_path, markdown_path
+        html_path.write_text(render_html(self), encoding="utf-8")
+        return json_path, markdown_path, html_path
 
     # ----- shared text pieces ----------------------------------------------------------------
 

@@ -121,7 +121,7 @@ def fit_cheap_kernels(
         _correlations(filters[chunk], filters[chunk], stride, d) for chunk in sources.split(_PAIR_CHUNK)
     ])
     gram = self_corr[:, gram_y, gram_x].double()  # (m, d*d, d*d)
-    gram = gram + (1e-9 * gram.diagonal(dim1=1, dim2=2).mean(dim=1) + 1e-30)[:, None, None] * torch.eye(d * d)
+    ridge = (1e-9 * gram.diagonal(dim1=1, dim2=2).mean(dim=1) + 1e-30)[:, None, None] * torch.eye(d * d)
 
     pair_src = torch.tensor([i for i, g in enumerate(assignment.ghosts) for _ in g], dtype=torch.long)
     pair_ghost = torch.tensor([j for g in assignment.ghosts for j in g], dtype=torch.long)
@@ -135,7 +135,7 @@ def fit_cheap_kernels(
     ])
     moments = cross[:, moment_y, moment_x].double()  # (pairs, d*d)
     pair_gram = gram[pair_src]
-    solution = torch.linalg.solve(pair_gram, moments)  # (pairs, d*d)
+    solution = torch.linalg.solve(pair_gram + ridge[pair_src], moments)  # (pairs, d*d); ridge for dead filters
     energy = filters[pair_ghost].double().pow(2).sum()
     # ||A h - t||^2 = t.t - 2 h.A't + h.A'A h
     residual = energy - 2 * (solution * moments).sum() + (solution * (pair_gram @ solution[..., None])[..., 0]).sum()

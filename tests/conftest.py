@@ -1,4 +1,4 @@
-"""Shared fixtures."""
+"""Shared fixtures: where ../shared lives (CIFAR-10 subset and pretrained CIFAR ResNets)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,21 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
-SHARED = Path(os.environ.get("GHOSTIFY_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-RESNET20_CHECKPOINT = SHARED / "weights" / "resnet20-12fca82f.th"
+REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``$GHOSTIFY_SHARED`` if set (``.ci/run`` sets it), else ``../shared`` beside the repo."""
+    return Path(os.environ.get("GHOSTIFY_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture
 def resnet20_checkpoint() -> Path:
-    """The shared CIFAR ResNet-20 checkpoint (skips the test when it is not there)."""
-    if not RESNET20_CHECKPOINT.is_file():
-        pytest.skip(f"shared checkpoint not found at {RESNET20_CHECKPOINT}")
-    return RESNET20_CHECKPOINT
+    path = shared_dir() / "weights" / "resnet20-12fca82f.th"
+    if not path.is_file():
+        pytest.skip(f"shared checkpoint not found at {path}; set GHOSTIFY_SHARED")
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +31,8 @@ def single_thread():
     one thread when other processes compete for the cores. Opt in with
     ``pytestmark = pytest.mark.usefixtures("single_thread")``.
     """
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -35,7 +35,7 @@ def test_convert_writes_model_and_report(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert "random weights" in result.output and "Parameters" in result.output and "MACs" in result.output
     assert "torch.fx" in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["ghostify.json", "model.safetensors", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["ghostify.json", "model.safetensors", "report.html", "report.json", "report.md"]
     report = json.loads((out / "report.json").read_text())
     assert report["schema"] == "ghostify.report"
     assert report["params_after"] < report["params_before"] and report["macs_after"] < report["macs_before"]

@@ -268,8 +268,8 @@ def test_rich_console_and_layer_table_limit(tiny_report, resnet_report):
 
 
 def test_save_writes_json_and_markdown(tiny_report, tmp_path):
-    json_path, markdown_path = tiny_report.save(tmp_path / "out")
-    assert json_path.name == "report.json" and markdown_path.name == "report.md"
+    json_path, markdown_path, html_path = tiny_report.save(tmp_path / "out")
+    assert (json_path.name, markdown_path.name, html_path.name) == ("report.json", "report.md", "report.html")
     assert ComparisonReport.from_json(json_path.read_text()) == tiny_report
     assert markdown_path.read_text() == tiny_report.to_markdown()
 
