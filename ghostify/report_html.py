@@ -172,7 +172,7 @@ def _bars_plot(labels: Sequence[str], series: Sequence[tuple[str, str, Sequence[
     count = len(labels)
     group = 0.8 / len(series)
     height = max(2.6, 0.16 * len(series) * count + 1.4)
-    fig = Figure(figsize=(9 if count > 6 else 6, height), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(9 if count > 6 else 5.6, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for index, (name, color, values) in enumerate(series):
@@ -182,15 +182,15 @@ def _bars_plot(labels: Sequence[str], series: Sequence[tuple[str, str, Sequence[
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: human_count(value, 1)))
     ax.set_xlabel("MACs (multiply-accumulates)")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title, loc="left")
     ax.grid(axis="x", color="#dee2e6", linewidth=0.6)
     ax.set_axisbelow(True)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", bbox_to_anchor=(1, 1), ncols=len(series), fontsize=8, frameon=False)
     return fig
 
 
 def _tradeoff_plot(points: Sequence[tuple[str, float, float, str]], ylabel: str, title: str, y_human: bool = False) -> Figure:
-    fig = Figure(figsize=(6, 3.8), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(5.6, 3.8), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.plot([p[1] for p in points], [p[2] for p in points], color="#adb5bd", linewidth=1, zorder=1)

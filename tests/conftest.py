@@ -37,3 +37,11 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def cifar_test_dir() -> Path:
+    path = shared_dir() / "data" / "cifar10" / "test"
+    if not path.is_dir():
+        pytest.skip(f"shared CIFAR-10 subset not found at {path}; set GHOSTIFY_SHARED")
+    return path
