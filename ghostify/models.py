@@ -13,13 +13,16 @@ retry away.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
 import inspect
 import itertools
+import os
 import re
+import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -176,6 +179,38 @@ def _download_error(source: str, name: str, err: BaseException) -> ModelSpecErro
     )
 
 
+HUB_HOST = "huggingface.co"
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _host_resolves(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable(pretrained: bool) -> Iterator[None]:
+    """Use only the local Hugging Face cache when the hub's name does not resolve.
+
+    Without this, huggingface_hub retries a dead network for about a minute before failing;
+    offline mode still loads weights that are already cached. Behind a proxy, name lookups
+    say nothing about reachability, so nothing changes there.
+    """
+    if not pretrained or any(os.environ.get(v) for v in _PROXY_VARIABLES) or _host_resolves(HUB_HOST):
+        yield
+        return
+    from huggingface_hub import constants
+
+    previous, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
 def _list_timm_names() -> list[str]:
     import timm
 
@@ -197,7 +232,8 @@ def _create_timm_model(name: str, *, pretrained: bool, num_classes: int | None) 
         raise _unknown_name_error("timm", name, [f"torchvision:{name}"] if in_torchvision else [])
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        with _hub_offline_unless_reachable(pretrained):
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
     except OSError as err:  # huggingface_hub and urllib errors are OSErrors
         if pretrained:
             raise _download_error("timm", name, err) from err

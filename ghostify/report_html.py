@@ -99,7 +99,8 @@ def _comparison_section(report: ComparisonReport, level: int) -> str:
         figures.append(_figure("stage-macs", _bars_plot(
             list(stages), [("before", BEFORE_COLOR, [b for b, _ in stages.values()]),
                            ("after", AFTER_COLOR, [a for _, a in stages.values()])],
-            "MACs per stage (sum of its conv layers)", "stage"), "Stage: first name component (two if one alone gives one group)."))
+            "MACs per stage", "stage"),
+            "MACs summed per stage: a layer name's first component (two if one alone gives one group)."))
     if report.accuracy is not None:
         acc = report.accuracy
         points = [("original", report.macs_before, acc.top1_before * 100, BEFORE_COLOR),
@@ -185,7 +186,7 @@ def _bars_plot(labels: Sequence[str], series: Sequence[tuple[str, str, Sequence[
     ax.set_title(title, loc="left")
     ax.grid(axis="x", color="#dee2e6", linewidth=0.6)
     ax.set_axisbelow(True)
-    ax.legend(loc="lower right", bbox_to_anchor=(1, 1), ncols=len(series), fontsize=8, frameon=False)
+    fig.legend(loc="outside upper right", ncols=len(series), fontsize=8, frameon=False)
     return fig
 
 
