@@ -262,3 +262,21 @@ def test_list_model_names():
     assert list_model_names("file") == []
     with pytest.raises(ModelSpecError, match="unknown model source 'keras'"):
         list_model_names("keras")
+
+
+def test_pretrained_without_network_uses_only_the_cache(monkeypatch) -> None:
+    """When the hub's name does not resolve, timm runs in hub offline mode (fails fast), then it is restored."""
+    from huggingface_hub import constants
+
+    from ghostify import models
+
+    monkeypatch.setattr(models, "_host_resolves", lambda host: False)
+    for variable in models._PROXY_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    before = constants.HF_HUB_OFFLINE
+    with models._hub_offline_unless_reachable(pretrained=True):
+        assert constants.HF_HUB_OFFLINE is True
+    assert constants.HF_HUB_OFFLINE == before
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    with models._hub_offline_unless_reachable(pretrained=True):
+        assert constants.HF_HUB_OFFLINE == before  # behind a proxy, DNS says nothing
