@@ -9,6 +9,7 @@ from .models import ResolvedModel, resolve_model
 from .report import ComparisonReport, compare
 from .selection import ConversionPlan, LayerPlan
 from .serialization import load, save
+from .sweep import SweepReport, sweep
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "GhostifyError",
     "LayerPlan",
     "ResolvedModel",
+    "SweepReport",
     "compare",
     "convert",
     "convert_",
@@ -30,4 +32,5 @@ __all__ = [
     "register_variant",
     "resolve_model",
     "save",
+    "sweep",
 ]
