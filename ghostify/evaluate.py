@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .errors import GhostifyError
+from .measure import model_device
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -81,8 +82,8 @@ def evaluate(
     correct_before = correct_after = agree = total = 0
     try:
         for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            pred_before = original(images.to(_device(original))).argmax(1).cpu()
-            pred_after = converted(images.to(_device(converted))).argmax(1).cpu()
+            pred_before = original(images.to(model_device(original))).argmax(1).cpu()
+            pred_after = converted(images.to(model_device(converted))).argmax(1).cpu()
             correct_before += int((pred_before == labels).sum())
             correct_after += int((pred_after == labels).sum())
             agree += int((pred_before == pred_after).sum())
@@ -93,7 +94,3 @@ def evaluate(
         raise GhostifyError(f"{name} holds no images; point --data at an ImageFolder root with images.")
     return AccuracyStats(name, total, correct_before / total, correct_after / total, agree / total)
 
-
-def _device(model: nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")

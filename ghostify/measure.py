@@ -166,6 +166,12 @@ class LatencyStats:
         return cls(**payload)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s first parameter or buffer lives (CPU for a model without tensors)."""
+    tensor = next(iter([*model.parameters(), *model.buffers()]), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``device`` as a ``torch.device``; ``GhostifyError`` if it is malformed or not present here."""
     try:

@@ -34,7 +34,8 @@ from .formatting import (
     saving_ratio,
 )
 from .measure import (
-    LatencyStats, MacCount, check_runs, count_macs, count_params, example_input, measure_latencies, state_dict_bytes,
+    LatencyStats, MacCount, check_runs, count_macs, count_params, example_input, measure_latencies, model_device,
+    state_dict_bytes,
 )
 from .evaluate import AccuracyStats, evaluate
 from .selection import ConversionPlan, LayerPlan
@@ -479,11 +480,6 @@ def _layer_row(layer: LayerPlan, original: nn.Module, converted: nn.Module, befo
     )
 
 
-def _model_device(model: nn.Module) -> Any:
-    tensor = next(iter([*model.parameters(), *model.buffers()]), None)
-    return tensor.device if tensor is not None else "cpu"
-
-
 def _require_plan(converted: nn.Module) -> ConversionPlan:
     plan = get_plan(converted)
     if plan is None:
@@ -518,9 +514,9 @@ def compare(
     plan = _require_plan(converted)
     input_dims = tuple(input_size)
     inputs = example_input(input_dims, batch_size)
-    check_runs(original, inputs.to(_model_device(original)))
-    before = count_macs(original, inputs.to(_model_device(original)))
-    after = count_macs(converted, inputs.to(_model_device(converted)))
+    check_runs(original, inputs.to(model_device(original)))
+    before = count_macs(original, inputs.to(model_device(original)))
+    after = count_macs(converted, inputs.to(model_device(converted)))
     rows = [_layer_row(layer, original, converted, before, after) for layer in plan.layers]
     ok, problems, outside_before, outside_after = check_macs(rows, before, after, converted)
     accuracy = evaluate(original, converted, data, name=data_name) if data is not None else None
