@@ -24,7 +24,7 @@ from .errors import ConfigError, GhostifyError
 from .evaluate import image_folder, normalization_for
 from .graph_pass import VARIANTS
 from .models import ResolvedModel, default_input_size, resolve_model
-from .outputs import atomic_directory
+from .outputs import atomic_directory, check_output_path
 from .report import compare
 from .selection import ConversionPlan
 from .serialization import load
@@ -76,12 +76,12 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(code=1)
 
 
-def _parse_input_size(text: str | None, model: nn.Module) -> tuple[int, int, int]:
+def _parse_input_size(text: str | None, model: nn.Module | None) -> tuple[int, int, int]:
     if text is None:
         return default_input_size(model)
     parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
-    if not all(p.isdigit() and int(p) > 0 for p in parts) or len(parts) not in (1, 2, 3):
-        raise ConfigError(f"--input-size must look like 3,224,224 (C,H,W), 224,224 or 224; got {text!r}.")
+    if not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts) or len(parts) not in (1, 2, 3):
+        raise ConfigError(f"--input-size must look like 3,224,224 (C,H,W), 224,224 or 224, every number >= 1; got {text!r}.")
     values = [int(p) for p in parts]
     if len(values) == 1:
         values = [3, values[0], values[0]]
@@ -94,7 +94,7 @@ def _parse_layer_ratios(rules: list[str] | None) -> list[tuple[str, int]]:
     parsed = []
     for rule in rules or []:
         pattern, sep, ratio = rule.rpartition("=")
-        if not sep or not pattern or not ratio.strip().isdigit():
+        if not sep or not pattern or not (ratio.strip().isascii() and ratio.strip().isdigit()):
             raise ConfigError(f"--layer-ratio expects PATTERN=RATIO such as 'layer4.*=4', got {rule!r}.")
         parsed.append((pattern, int(ratio)))
     return parsed
@@ -187,6 +187,10 @@ def convert(
     """Convert MODEL's eligible convs to ghost modules and print a before/after report."""
     try:
         config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, variant.value, init.value)
+        if input_size is not None:
+            _parse_input_size(input_size, None)  # a typo fails before the model is built
+        if output is not None and not dry_run:  # before the slow work, not after it
+            check_output_path(output, force=force, inputs=[model.rpartition(":")[0], checkpoint])
         resolved = _resolve(model, checkpoint, trust_checkpoint, pretrained)
         size = _parse_input_size(input_size, resolved.model)
         if dry_run:
@@ -256,6 +260,8 @@ def compare_command(
 ) -> None:
     """Compare ORIGINAL with CONVERTED: params, MACs, size, latency, accuracy and per-layer costs."""
     try:
+        if output is not None:  # before the slow work, not after it
+            check_output_path(output, force=force, inputs=[original, original.rpartition(":")[0], converted, checkpoint])
         original_model, original_name = _load_any(original, checkpoint, trust_checkpoint)
         converted_path = Path(converted)
         if not converted_path.is_dir():
@@ -301,6 +307,8 @@ def sweep(
     try:
         ratio_list = parse_ratios(ratios)
         config = _config(ratio_list[0], dw_size, include, exclude, None, min_channels, skip_stem, skip_pointwise)
+        if output is not None:  # before the slow work, not after it
+            check_output_path(output, force=force, inputs=[model.rpartition(":")[0], checkpoint])
         resolved = _resolve(model, checkpoint, trust_checkpoint, False)
         size = _parse_input_size(input_size, resolved.model)
         with stdout.status(f"converting and measuring at ratios {ratio_list} ..."):

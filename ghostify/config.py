@@ -12,13 +12,26 @@ from .ghost_module import check_ghost_params
 
 CONFIG_VERSION = 1
 INIT_MODES = ("transfer", "random")
+# The paper tries d = 1..7; the data-free fit needs O(channels * d**4) memory, so d = 63 on a
+# 256-channel conv already takes > 24 GB. Larger kernels are refused up front.
+MAX_DW_SIZE = 9
 
 
 def _as_rules(value: Mapping[str, int] | Iterable[tuple[str, int]] | None) -> tuple[tuple[str, int], ...]:
     if value is None:
         return ()
-    items = value.items() if isinstance(value, Mapping) else value
-    return tuple((str(pattern), ratio) for pattern, ratio in items)
+    try:
+        if isinstance(value, str):
+            raise TypeError(value)
+        items = value.items() if isinstance(value, Mapping) else value
+        rules = tuple((pattern, ratio) for pattern, ratio in items)
+    except (TypeError, ValueError):  # not iterable, or an item that is not a (pattern, ratio) pair
+        raise ConfigError(
+            f"layer_ratios must map patterns to ratios, such as {{'layer4.*': 4}} or [('layer4.*', 4)]; got {value!r}."
+        ) from None
+    if not all(isinstance(pattern, str) for pattern, _ in rules):
+        raise ConfigError(f"layer_ratios patterns must be strings, got {value!r}.")
+    return rules
 
 
 def _as_patterns(value: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -26,7 +39,13 @@ def _as_patterns(value: str | Iterable[str] | None) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         return (value,)
-    return tuple(value)
+    try:
+        patterns = tuple(value)
+    except TypeError:
+        patterns = (value,)
+    if not all(isinstance(p, str) for p in patterns):
+        raise ConfigError(f"include / exclude patterns must be strings (or a list of strings), got {value!r}.")
+    return patterns
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,8 @@ class GhostConfig:
         object.__setattr__(self, "exclude", _as_patterns(self.exclude))
         object.__setattr__(self, "layer_ratios", _as_rules(self.layer_ratios))
         check_ghost_params(self.ratio, self.dw_size)
+        if self.dw_size > MAX_DW_SIZE:
+            raise ConfigError(f"dw_size must be an odd whole number from 1 to {MAX_DW_SIZE} (the paper uses 3), got {self.dw_size!r}.")
         for pattern, ratio in self.layer_ratios:
             try:
                 check_ghost_params(ratio, self.dw_size)
@@ -66,11 +87,14 @@ class GhostConfig:
                 raise ConfigError(f"layer_ratios[{pattern!r}]: {err}") from None
         if isinstance(self.min_channels, bool) or not isinstance(self.min_channels, int) or self.min_channels < 1:
             raise ConfigError(f"min_channels must be a whole number >= 1, got {self.min_channels!r}.")
-        if self.init not in INIT_MODES:
+        for name in ("skip_stem", "skip_pointwise"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+        if not isinstance(self.init, str) or self.init not in INIT_MODES:
             raise ConfigError(f"init must be one of {', '.join(INIT_MODES)}, got {self.init!r}.")
         from .graph_pass import VARIANTS  # the registry lives with the code that uses it
 
-        if self.variant not in VARIANTS:
+        if not isinstance(self.variant, str) or self.variant not in VARIANTS:
             raise ConfigError(f"variant must be one of {', '.join(sorted(VARIANTS))}, got {self.variant!r}.")
 
     @classmethod
@@ -90,11 +114,17 @@ class GhostConfig:
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> GhostConfig:
-        if payload.get("_type") != "GhostConfig":
-            raise ConfigError(f"not a GhostConfig record (found _type={payload.get('_type')!r}).")
-        if payload.get("_version", 0) > CONFIG_VERSION:
+        if not isinstance(payload, Mapping) or payload.get("_type") != "GhostConfig":
+            found = payload.get("_type") if isinstance(payload, Mapping) else type(payload).__name__
+            raise ConfigError(f"not a GhostConfig record (found _type={found!r}).")
+        version, data = payload.get("_version", 0), payload.get("_data")
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ConfigError(f"GhostConfig record has a malformed _version {version!r}; expected a whole number.")
+        if version > CONFIG_VERSION:
             raise ConfigError(
-                f"config version {payload['_version']} is newer than this ghostify understands "
+                f"config version {version} is newer than this ghostify understands "
                 f"({CONFIG_VERSION}); upgrade ghostify."
             )
-        return cls.from_options(**payload["_data"])
+        if not isinstance(data, Mapping) or not all(isinstance(key, str) for key in data):
+            raise ConfigError(f"GhostConfig record has no valid _data mapping (found {type(data).__name__}).")
+        return cls.from_options(**data)

@@ -9,6 +9,7 @@ say what the total leaves out instead of hiding it.
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 import warnings
@@ -82,7 +83,14 @@ def example_input(input_size: Sequence[int], batch_size: int = 1) -> torch.Tenso
             f"got input_size={tuple(input_size)!r}, batch_size={batch_size!r}"
         )
     generator = torch.Generator().manual_seed(EXAMPLE_INPUT_SEED)
-    return torch.randn(dims, generator=generator)
+    try:
+        return torch.randn(dims, generator=generator)
+    except (RuntimeError, MemoryError, OverflowError) as err:  # "can't allocate memory", "size ... overflowed"
+        gib = math.prod(dims) * 4 / 2**30
+        raise GhostifyError(
+            f"an input of size {'x'.join(map(str, dims))} ({gib:,.1f} GiB of float32) could not be allocated "
+            f"({type(err).__name__}); pass a smaller --input-size (input_size= in Python)"
+        ) from None
 
 
 def _as_args(inputs: ModelInput) -> tuple[torch.Tensor, ...]:

@@ -289,7 +289,7 @@ def _create_model_from_file(name: str, *, pretrained: bool, num_classes: int | N
         raise ModelSpecError(f"{name}() raised {type(err).__name__}: {err}") from err
     if not isinstance(model, nn.Module):
         raise ModelSpecError(
-            f"{name}() returned a {type(model).__name__}, not a torch.nn.Module; make it return the model"
+            f"{name}() returned {type(model).__name__!r}, not a torch.nn.Module; make it return the model"
         )
     return model
 

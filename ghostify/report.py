@@ -512,6 +512,12 @@ def compare(
     from . import __version__  # here, not at import time: ghostify/__init__ may import this module
 
     plan = _require_plan(converted)
+    mismatch = plan.base_model_mismatch(original)
+    if mismatch:
+        raise GhostifyError(
+            f"the converted model was not made from the original one: {mismatch}. "
+            "Compare a converted model with the model it was converted from."
+        )
     input_dims = tuple(input_size)
     inputs = example_input(input_dims, batch_size)
     check_runs(original, inputs.to(model_device(original)))

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from torch import nn
+
 from .config import GhostConfig
 from .errors import ConfigError, PatternMatchError
 from .ghost_module import intrinsic_channels
@@ -96,6 +98,22 @@ class ConversionPlan:
                 return layer
         raise KeyError(name)
 
+    def base_model_mismatch(self, model: nn.Module) -> str | None:
+        """Why ``model`` is not the unconverted model this plan was made for (None if it is).
+
+        Every converted layer must be a ``Conv2d`` of the recorded shape at the recorded name.
+        """
+        for layer in self.converted:
+            try:
+                conv = model.get_submodule(layer.name)
+            except AttributeError:
+                conv = None
+            found = (getattr(conv, "in_channels", None), getattr(conv, "out_channels", None))
+            if not isinstance(conv, nn.Conv2d) or found != (layer.in_channels, layer.out_channels):
+                what = "nothing" if conv is None else f"a {type(conv).__name__} {found[0]}->{found[1]}"
+                return f"layer {layer.name} should be a Conv2d {layer.in_channels}->{layer.out_channels}, found {what}"
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "config": self.config.to_dict(),
@@ -128,7 +146,7 @@ def _check_patterns(config: GhostConfig, names: Sequence[str]) -> None:
         if pattern.startswith("re:"):
             try:
                 re.compile(pattern[3:])
-            except re.error as err:
+            except (re.error, OverflowError, RecursionError) as err:  # "a{99999999999}", deeply nested groups
                 raise ConfigError(f"invalid regular expression in pattern {pattern!r}: {err}") from None
     sample = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
     for option, patterns in (

@@ -62,11 +62,16 @@ def read_recipe(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{directory} holds no {RECIPE_FILE}; is it a directory written by `ghostify convert -o`?")
     try:
         recipe = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: invalid JSON or not UTF-8
         raise CheckpointError(f"cannot read {path}: {err}") from None
+    if not isinstance(recipe, dict):
+        raise CheckpointError(f"{path} is not a ghostify recipe (it holds a JSON {type(recipe).__name__}, not an object).")
     if recipe.get("format") != RECIPE_FORMAT:
         raise CheckpointError(f"{path} is not a ghostify recipe (format={recipe.get('format')!r}).")
-    if recipe.get("format_version", 0) > RECIPE_VERSION:
+    version = recipe.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path} has a malformed format_version {version!r}; re-create it with `ghostify convert -o`.")
+    if version > RECIPE_VERSION:
         raise CheckpointError(f"{path} was written by a newer ghostify ({recipe.get('ghostify_version')}); upgrade ghostify.")
     return recipe
 
@@ -80,7 +85,15 @@ def load(directory: str | Path, base_model: nn.Module | str | None = None, *, tr
     from .models import resolve_model
 
     recipe = read_recipe(directory)
-    plan = ConversionPlan.from_dict(recipe["plan"])
+    try:
+        plan = ConversionPlan.from_dict(recipe["plan"])
+    except GhostifyError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as err:  # a hand-edited or truncated recipe
+        raise CheckpointError(
+            f"{Path(directory) / RECIPE_FILE} holds a malformed plan ({type(err).__name__}: {err}); "
+            "re-create the directory with `ghostify convert -o`."
+        ) from None
     if base_model is None:
         if not recipe.get("base_model"):
             raise GhostifyError(
@@ -91,7 +104,11 @@ def load(directory: str | Path, base_model: nn.Module | str | None = None, *, tr
         model = resolve_model(base_model, trust_checkpoint=trust_checkpoint).model
     else:
         model = copy.deepcopy(base_model)
-    _check_base_model(model, plan, directory)
+    mismatch = plan.base_model_mismatch(model)
+    if mismatch:
+        raise CheckpointError(
+            f"the base model does not match {directory}: {mismatch}. Pass the base model the directory was converted from."
+        )
     apply_plan(model, plan, transfer=False)
     weights = Path(directory) / WEIGHTS_FILE
     try:
@@ -106,16 +123,3 @@ def load(directory: str | Path, base_model: nn.Module | str | None = None, *, tr
     setattr(model, PLAN_ATTRIBUTE, plan)
     return model
 
-
-def _check_base_model(model: nn.Module, plan: ConversionPlan, directory: str | Path) -> None:
-    for layer in plan.converted:
-        try:
-            conv = model.get_submodule(layer.name)
-        except AttributeError:
-            conv = None
-        if not isinstance(conv, nn.Conv2d) or (conv.in_channels, conv.out_channels) != (layer.in_channels, layer.out_channels):
-            raise CheckpointError(
-                f"the base model does not match {directory}: layer {layer.name} should be a Conv2d "
-                f"{layer.in_channels}->{layer.out_channels}, found {type(conv).__name__ if conv is not None else 'nothing'}. "
-                "Pass the base model the directory was converted from."
-            )

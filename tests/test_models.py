@@ -119,7 +119,7 @@ def test_file_without_function_part(user_file):
 
 
 def test_function_not_returning_a_module(user_file):
-    with pytest.raises(ModelSpecError, match=r"not_a_model\(\) returned a list, not a torch\.nn\.Module"):
+    with pytest.raises(ModelSpecError, match=r"not_a_model\(\) returned 'list', not a torch\.nn\.Module"):
         resolve_model(f"{user_file}:not_a_model")
 
 

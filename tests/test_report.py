@@ -278,3 +278,9 @@ def test_layer_row_saved_macs():
     row = LayerRow("x", "module", 1, 2, [1, 1], [1, 1], 2, True, True, None, None, macs_before=10, macs_after=4)
     assert row.macs_saved == 6
     assert LayerRow("f", "functional", None, None, None, None, 1, False, False, "f", None).macs_saved is None
+
+
+def test_compare_refuses_a_converted_model_of_another_original():
+    converted = ghostify.convert(torchvision.models.resnet18(), ratio=2, init="random")
+    with pytest.raises(GhostifyError, match="was not made from the original one: layer conv1 should be a Conv2d 3->64"):
+        ghostify.compare(nn.Sequential(nn.Conv2d(3, 8, 3)), converted, input_size=(3, 32, 32))
