@@ -46,6 +46,19 @@ MACS_EXPLANATION = "MACs: multiply-accumulates counted by fvcore; one multiply-a
 RENDER_WIDTH = 120
 
 
+def check_schema(payload: Mapping[str, Any], schema: str, version: int) -> None:
+    """``GhostifyError`` unless ``payload`` is a ``schema`` record of a version this ghostify reads."""
+    if not isinstance(payload, Mapping) or payload.get("schema") != schema:
+        found = payload.get("schema") if isinstance(payload, Mapping) else type(payload).__name__
+        kind = schema.rpartition(".")[2]  # "ghostify.report" -> "report"
+        raise GhostifyError(f"not a ghostify {kind} (schema={found!r}, expected {schema!r})")
+    found_version = payload.get("schema_version", 0)
+    if isinstance(found_version, bool) or not isinstance(found_version, int) or found_version > version:
+        raise GhostifyError(
+            f"{schema} schema version {found_version!r} is newer than this ghostify reads ({version}); upgrade ghostify"
+        )
+
+
 @dataclass
 class LayerRow:
     """One conv of the plan with its cost before and after; None where it cannot be measured
@@ -167,13 +180,7 @@ class ComparisonReport:
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> ComparisonReport:
         """Read back ``to_dict()`` output; ``GhostifyError`` if it is not a report this version reads."""
-        if payload.get("schema") != REPORT_SCHEMA:
-            raise GhostifyError(f"not a ghostify report (schema={payload.get('schema')!r}, expected {REPORT_SCHEMA!r})")
-        version = payload.get("schema_version", 0)
-        if not isinstance(version, int) or version > REPORT_SCHEMA_VERSION:
-            raise GhostifyError(
-                f"report schema version {version!r} is newer than this ghostify reads ({REPORT_SCHEMA_VERSION}); upgrade ghostify"
-            )
+        check_schema(payload, REPORT_SCHEMA, REPORT_SCHEMA_VERSION)
         known = {f.name for f in fields(cls)}
         data = {key: value for key, value in payload.items() if key in known}
         data["layers"] = [LayerRow(**row) for row in payload.get("layers", [])]

@@ -17,7 +17,7 @@ from .config import GhostConfig
 from .convert import convert
 from .errors import ConfigError, GhostifyError
 from .formatting import human_count, ratio_text
-from .report import ComparisonReport, compare, render_text
+from .report import ComparisonReport, check_schema, compare, render_text
 
 SWEEP_SCHEMA = "ghostify.sweep"
 SWEEP_SCHEMA_VERSION = 1
@@ -48,10 +48,7 @@ class SweepReport:
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> SweepReport:
-        if payload.get("schema") != SWEEP_SCHEMA:
-            raise GhostifyError(f"not a ghostify sweep (schema={payload.get('schema')!r}, expected {SWEEP_SCHEMA!r})")
-        if payload.get("schema_version", 0) > SWEEP_SCHEMA_VERSION:
-            raise GhostifyError(f"sweep schema version {payload['schema_version']} is newer than this ghostify reads; upgrade ghostify")
+        check_schema(payload, SWEEP_SCHEMA, SWEEP_SCHEMA_VERSION)
         return cls(model=payload["model"], reports=[ComparisonReport.from_dict(r) for r in payload["reports"]])
 
     @classmethod
