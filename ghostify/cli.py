@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
@@ -76,9 +77,10 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(code=1)
 
 
-def _parse_input_size(text: str | None, model: nn.Module | None) -> tuple[int, int, int]:
+def _parse_input_size(text: str | None) -> tuple[int, int, int] | None:
+    """``--input-size`` as (C, H, W); None when not given (the model's own size is used then)."""
     if text is None:
-        return default_input_size(model)
+        return None
     parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
     if not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts) or len(parts) not in (1, 2, 3):
         raise ConfigError(f"--input-size must look like 3,224,224 (C,H,W), 224,224 or 224, every number >= 1; got {text!r}.")
@@ -151,6 +153,20 @@ def _load_any(spec: str, checkpoint: Path | None, trust: bool) -> tuple[nn.Modul
     return resolved.model, resolved.spec
 
 
+def _write_output(output: Path, force: bool, write: Callable[[Path], object]) -> None:
+    """Let ``write`` fill a staging directory that then replaces ``output`` at once; say what was written."""
+    with atomic_directory(output, force=force) as staging:
+        write(staging)
+        written = ", ".join(sorted(path.name for path in staging.iterdir()))
+    stdout.print(f"wrote {output}/ ({written})", highlight=False, soft_wrap=True)
+
+
+def _show_plan(model: nn.Module, config: GhostConfig) -> None:
+    plan = plan_conversion(model, config)
+    _print_trace(plan)
+    stdout.print(plan_table(plan))
+
+
 def _resolve(model: str, checkpoint: Path | None, trust: bool, pretrained: bool) -> ResolvedModel:
     with stdout.status(f"building {model} ..."):
         resolved = resolve_model(model, checkpoint=checkpoint, pretrained=pretrained, trust_checkpoint=trust)
@@ -175,7 +191,7 @@ def convert(
     trust_checkpoint: TrustOpt = False,
     pretrained: PretrainedOpt = False,
     input_size: InputSizeOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write model.safetensors, ghostify.json and the report (JSON + Markdown) here.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write model.safetensors, ghostify.json and the report (JSON, Markdown, HTML) here.")] = None,
     force: ForceOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan only; convert nothing.")] = False,
     data: DataOpt = None,
@@ -187,16 +203,13 @@ def convert(
     """Convert MODEL's eligible convs to ghost modules and print a before/after report."""
     try:
         config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, variant.value, init.value)
-        if input_size is not None:
-            _parse_input_size(input_size, None)  # a typo fails before the model is built
+        size = _parse_input_size(input_size)  # a typo fails before the model is built
         if output is not None and not dry_run:  # before the slow work, not after it
             check_output_path(output, force=force, inputs=[model.rpartition(":")[0], checkpoint])
         resolved = _resolve(model, checkpoint, trust_checkpoint, pretrained)
-        size = _parse_input_size(input_size, resolved.model)
+        size = size or default_input_size(resolved.model)
         if dry_run:
-            plan = plan_conversion(resolved.model, config)
-            _print_trace(plan)
-            stdout.print(plan_table(plan))
+            _show_plan(resolved.model, config)
             return
         with stdout.status("converting ..."):
             converted = convert_model(resolved.model, config)
@@ -210,10 +223,11 @@ def convert(
         if layers:
             stdout.print(report.layer_table())
         if output is not None:
-            with atomic_directory(output, force=force) as staging:
+            def write_model_and_report(staging: Path) -> None:
                 write_model_files(converted, staging, base_model=resolved.spec)
                 report.save(staging)
-            stdout.print(f"wrote {output}/ (model.safetensors, ghostify.json, report.json, report.md, report.html)", highlight=False, soft_wrap=True)
+
+            _write_output(output, force, write_model_and_report)
     except GhostifyError as err:
         _fail(str(err))
 
@@ -236,9 +250,7 @@ def inspect(
     try:
         config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise)
         resolved = _resolve(model, checkpoint, trust_checkpoint, False)
-        plan = plan_conversion(resolved.model, config)
-        _print_trace(plan)
-        stdout.print(plan_table(plan))
+        _show_plan(resolved.model, config)
     except GhostifyError as err:
         _fail(str(err))
 
@@ -260,6 +272,7 @@ def compare_command(
 ) -> None:
     """Compare ORIGINAL with CONVERTED: params, MACs, size, latency, accuracy and per-layer costs."""
     try:
+        size = _parse_input_size(input_size)
         if output is not None:  # before the slow work, not after it
             check_output_path(output, force=force, inputs=[original, original.rpartition(":")[0], converted, checkpoint])
         original_model, original_name = _load_any(original, checkpoint, trust_checkpoint)
@@ -267,7 +280,7 @@ def compare_command(
         if not converted_path.is_dir():
             raise ConfigError(f"CONVERTED must be a directory written by `ghostify convert -o`; {converted} is not a directory.")
         converted_model, converted_name = _load_any(converted, None, trust_checkpoint)
-        size = _parse_input_size(input_size, original_model)
+        size = size or default_input_size(original_model)
         with stdout.status("measuring ..."):
             report = compare(original_model, converted_model, input_size=size, latency=latency, device=device,
                              original_name=original_name, converted_name=converted_name,
@@ -276,9 +289,7 @@ def compare_command(
         if layers:
             stdout.print(report.layer_table())
         if output is not None:
-            with atomic_directory(output, force=force) as staging:
-                report.save(staging)
-            stdout.print(f"wrote {output}/ (report.json, report.md, report.html)", highlight=False, soft_wrap=True)
+            _write_output(output, force, report.save)
     except GhostifyError as err:
         _fail(str(err))
 
@@ -307,18 +318,17 @@ def sweep(
     try:
         ratio_list = parse_ratios(ratios)
         config = _config(ratio_list[0], dw_size, include, exclude, None, min_channels, skip_stem, skip_pointwise)
+        size = _parse_input_size(input_size)
         if output is not None:  # before the slow work, not after it
             check_output_path(output, force=force, inputs=[model.rpartition(":")[0], checkpoint])
         resolved = _resolve(model, checkpoint, trust_checkpoint, False)
-        size = _parse_input_size(input_size, resolved.model)
+        size = size or default_input_size(resolved.model)
         with stdout.status(f"converting and measuring at ratios {ratio_list} ..."):
             report = sweep_ratios(resolved.model, ratio_list, size, config=config, latency=latency, device=device,
                                   model_name=resolved.spec, **_data_args(data, data_limit, size, resolved.model))
         stdout.print(report)
         if output is not None:
-            with atomic_directory(output, force=force) as staging:
-                report.save(staging)
-            stdout.print(f"wrote {output}/ (sweep.json, sweep.md, sweep.html)", highlight=False, soft_wrap=True)
+            _write_output(output, force, report.save)
     except GhostifyError as err:
         _fail(str(err))
 

@@ -123,13 +123,8 @@ def _comparison_section(report: ComparisonReport, level: int) -> str:
 def _sweep_section(sweep: SweepReport) -> str:
     parts = [f"<h1>{_esc(f'ghostify sweep: {sweep.model}')}</h1>"]
     rows = sweep.rows()
-    base_macs = rows[0]["macs"]
-    cells = [["original" if r["ratio"] == 1 else f"s={r['ratio']}", human_count(r["params"]), human_count(r["macs"]),
-              MISSING if r["ratio"] == 1 or not r["macs"] else ratio_text(base_macs / r["macs"], "fewer", "more"),
-              _pct(r["top1"]), _pct(r["agreement"]),
-              MISSING if r["latency_ms"] is None else f"{r['latency_ms']:.2f} ms"] for r in rows]
-    parts.append(_table(["Ratio", "Params", "MACs", "MACs saving", "Top-1", "Agreement", "Latency (median)"],
-                        cells, "summary", numeric=(1, 2, 4, 5, 6)))
+    cells = sweep.summary_cells()
+    parts.append(_table(sweep.SUMMARY_HEADERS, cells, "summary", numeric=(1, 2, 4, 5, 6)))
     labels = [c[0] for c in cells]
     colors = [BEFORE_COLOR] + [RATIO_COLORS[i % len(RATIO_COLORS)] for i in range(len(rows) - 1)]
     figures = []
@@ -246,8 +241,3 @@ def _esc(value: Any) -> str:
 def _mpl(text: str) -> str:
     """Text for matplotlib with ``$`` escaped, so a name is never parsed as mathtext."""
     return text.replace("$", r"\$")
-
-
-def _pct(value: float | None) -> str:
-    return MISSING if value is None else f"{value:.1%}"
-

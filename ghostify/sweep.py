@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from .config import GhostConfig
 from .convert import convert
 from .errors import ConfigError, GhostifyError
-from .formatting import human_count, ratio_text
+from .formatting import MISSING, human_count, ratio_text
 from .report import ComparisonReport, check_schema, compare, render_text
 
 SWEEP_SCHEMA = "ghostify.sweep"
@@ -72,32 +72,36 @@ class SweepReport:
             })
         return rows
 
+    SUMMARY_HEADERS = ("Ratio", "Params", "MACs", "MACs saving", "Top-1", "Agreement", "Latency (median)")
+
+    def summary_cells(self) -> list[list[str]]:
+        """``rows()`` as text, one list per row in ``SUMMARY_HEADERS`` order (terminal, Markdown, HTML)."""
+        rows = self.rows()
+        base_macs = rows[0]["macs"]
+
+        def percent(value: float | None) -> str:
+            return MISSING if value is None else f"{value:.1%}"
+
+        return [[
+            "original" if row["ratio"] == 1 else f"s={row['ratio']}",
+            human_count(row["params"]), human_count(row["macs"]),
+            MISSING if row["ratio"] == 1 or not row["macs"] else ratio_text(base_macs / row["macs"], "fewer", "more"),
+            percent(row["top1"]), percent(row["agreement"]),
+            MISSING if row["latency_ms"] is None else f"{row['latency_ms']:.2f} ms",
+        ] for row in rows]
+
     def summary_table(self) -> Table:
         table = Table(title=f"ghostify sweep: {self.model}", title_justify="left")
-        for column in ("Ratio", "Params", "MACs", "MACs saving", "Top-1", "Agreement", "Latency (median)"):
+        for column in self.SUMMARY_HEADERS:
             table.add_column(column, justify="left" if column == "Ratio" else "right")
-        base_macs = self.rows()[0]["macs"]
-        for row in self.rows():
-            table.add_row(
-                "original" if row["ratio"] == 1 else f"s={row['ratio']}",
-                human_count(row["params"]), human_count(row["macs"]),
-                "-" if row["ratio"] == 1 else ratio_text(base_macs / row["macs"], "fewer", "more"),
-                "-" if row["top1"] is None else f"{row['top1']:.1%}",
-                "-" if row["agreement"] is None else f"{row['agreement']:.1%}",
-                "-" if row["latency_ms"] is None else f"{row['latency_ms']:.2f} ms",
-            )
+        for cells in self.summary_cells():
+            table.add_row(*cells)
         return table
 
     def to_markdown(self) -> str:
-        lines = [f"# ghostify sweep: {self.model}", "", "| Ratio | Params | MACs | Top-1 | Agreement | Latency (median ms) |",
-                 "|---|---:|---:|---:|---:|---:|"]
-        for row in self.rows():
-            lines.append("| {} | {} | {} | {} | {} | {} |".format(
-                "original" if row["ratio"] == 1 else f"s={row['ratio']}", human_count(row["params"]), human_count(row["macs"]),
-                "-" if row["top1"] is None else f"{row['top1']:.1%}",
-                "-" if row["agreement"] is None else f"{row['agreement']:.1%}",
-                "-" if row["latency_ms"] is None else f"{row['latency_ms']:.2f}",
-            ))
+        lines = [f"# ghostify sweep: {self.model}", "", "| " + " | ".join(self.SUMMARY_HEADERS) + " |",
+                 "|---|" + "---:|" * (len(self.SUMMARY_HEADERS) - 1)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in self.summary_cells()]
         for report in self.reports:
             lines += ["", report.to_markdown().replace("\n# ", "\n## ", 1)]
         return "\n".join(lines) + "\n"
