@@ -1,7 +1,10 @@
 """ghostify: turn the convs of any PyTorch CNN into GhostNet ghost modules, and measure what it saves."""
 
+from .calibrate import CalibrationResult, calibrate
 from .config import GhostConfig
 from .convert import convert, convert_, get_plan, plan_conversion
+from .data import InputPipeline
+from .distill import DistillConfig, DistillResult, distill
 from .errors import GhostifyError
 from .ghost_module import GhostConv2d, GhostConv2dBNReLU
 from .graph_pass import register_variant
@@ -11,9 +14,15 @@ from .selection import ConversionPlan, LayerPlan
 from .serialization import load, save
 from .sweep import SweepReport, sweep
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
+    "CalibrationResult",
+    "DistillConfig",
+    "DistillResult",
+    "InputPipeline",
+    "calibrate",
+    "distill",
     "ComparisonReport",
     "ConversionPlan",
     "GhostConfig",

@@ -6,31 +6,45 @@ traceback; typer itself rejects malformed options (``--ratio 1.5``) with exit 2.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
+import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
+import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from torch import nn
+from torch.utils.data import Dataset
 
+from .calibrate import calibrate as calibrate_model
+from .calibrate import check_teacher_fits
 from .config import GhostConfig
 from .convert import convert as convert_model
 from .convert import plan_conversion
+from .data import InputPipeline, as_dataset, check_labels
+from .distill import DistillConfig, agreement_and_accuracy
+from .distill import distill as distill_model
 from .errors import ConfigError, GhostifyError
-from .evaluate import image_folder, normalization_for
+from .evaluate import AccuracyStats, image_folder
+from .ghost_module import GhostConv2d
 from .graph_pass import VARIANTS
 from .models import ResolvedModel, default_input_size, resolve_model
 from .outputs import atomic_directory, check_output_path
-from .report import compare
+from .progress import calibration_progress, distillation_progress
+from .report import AccuracyStage, ComparisonReport, compare
 from .selection import ConversionPlan
-from .serialization import load
+from .serialization import base_weights, load, read_recipe, recorded_inputs, write_model_files
 from .sweep import parse_ratios, sweep as sweep_ratios
-from .serialization import write_model_files
 
 app = typer.Typer(
     name="ghostify",
@@ -59,21 +73,38 @@ IncludeOpt = Annotated[Optional[list[str]], typer.Option("--include", help="Conv
 ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="Leave layers matching this pattern alone (repeatable).")]
 LayerRatioOpt = Annotated[Optional[list[str]], typer.Option("--layer-ratio", help="PATTERN=RATIO override (repeatable, first match wins; RATIO 1 keeps the layer).")]
 MinChannelsOpt = Annotated[int, typer.Option("--min-channels", min=1, help="Leave convs with fewer output channels alone.")]
-SkipStemOpt = Annotated[bool, typer.Option("--skip-stem", help="Leave the first conv alone.")]
+SkipStemOpt = Annotated[bool, typer.Option("--skip-stem/--convert-stem", help="Keep the first conv as it is (default, as in the paper: it costs few MACs and converting it loses the most accuracy), or convert it too.")]
 SkipPointwiseOpt = Annotated[bool, typer.Option("--skip-pointwise", help="Leave 1x1 convs alone.")]
 CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Weights to load: a state dict, {'state_dict': ...} or {'model': ...}; a 'module.' prefix is stripped.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow checkpoints holding pickled Python objects. Unpickling can run code: only for files you trust.")]
 PretrainedOpt = Annotated[bool, typer.Option("--pretrained", help="Download the source's pretrained weights (needs a network).")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="ImageFolder root (DIR/<class>/<image>) to measure top-1 and agreement with the original.")]
+DataDirsOpt = Annotated[Optional[list[Path]], typer.Option("--data", help=(
+    "Images to calibrate/distill on (repeatable): an ImageFolder tree DIR/<class>/<image> or a flat folder. "
+    "convert without --calibrate/--distill: one ImageFolder root to measure top-1 and agreement on."))]
+ValDataOpt = Annotated[Optional[list[Path]], typer.Option("--val-data", help=(
+    "Held-out images (repeatable) to measure agreement with the original (and top-1, when in class folders) after "
+    "each step and each epoch."))]
 DataLimitOpt = Annotated[Optional[int], typer.Option("--data-limit", min=1, help="Use at most this many images of --data (spread over all classes).")]
 LatencyOpt = Annotated[bool, typer.Option("--latency", help="Also time both models (median of repeated runs, interleaved).")]
-DeviceOpt = Annotated[str, typer.Option(help="Device for --latency: cpu or cuda.")]
+DeviceOpt = Annotated[str, typer.Option(help="Device: cpu, cuda or cuda:N; for --latency, and for calibration and training.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing non-empty output directory.")]
 InputSizeOpt = Annotated[Optional[str], typer.Option("--input-size", help="C,H,W of one input (default: the model's own, else 3,224,224).")]
+MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Per-channel mean to normalise images with, e.g. 0.4914,0.4822,0.4465 (default: the model's own, else ImageNet's).")]
+StdOpt = Annotated[Optional[str], typer.Option("--std", help="Per-channel std to normalise images with, e.g. 0.247,0.243,0.261 (default: the model's own, else ImageNet's).")]
+_TRAINING = DistillConfig()  # the defaults shown in --help
+EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", min=1, help=f"Distillation epochs (default {_TRAINING.epochs}).", show_default=False)]
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help=f"Distillation batch size (default {_TRAINING.batch_size}).", show_default=False)]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help=f"Peak learning rate of distillation (default {_TRAINING.lr}).", show_default=False)]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Seed of every random choice of calibration and distillation (default 0).", show_default=False)]
+CalibrationSamplesOpt = Annotated[Optional[int], typer.Option("--calibration-samples", min=1, help="Images of --data that calibration fits on (default 512).", show_default=False)]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted distillation from its checkpoint (kept beside the output directory).")]
+
+CALIBRATION_SAMPLES = 512
 
 
 def _fail(message: str) -> NoReturn:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # "[a, b]" is text, not markup
     raise typer.Exit(code=1)
 
 
@@ -128,15 +159,31 @@ def _print_trace(plan: ConversionPlan) -> None:
     if plan.trace == "fx":
         stdout.print("analysis: torch.fx graph (call sites and stem from the traced forward)")
     else:
-        stdout.print(f"analysis: module walk, because {plan.trace_note}", soft_wrap=True)
+        stdout.print(f"analysis: module walk, because {escape(str(plan.trace_note))}", soft_wrap=True)
 
 
-def _data_args(data: Path | None, limit: int | None, size: tuple[int, int, int], model) -> dict:
-    """``compare``/``sweep`` keyword arguments for evaluating on ``--data``, normalised as the model expects."""
+def _data_args(data: Path | None, limit: int | None, size: tuple[int, int, int], model,
+               mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> dict:
+    """``compare``/``sweep`` keyword arguments for evaluating on ``--data``, normalised as the model expects
+    (or with ``--mean``/``--std``)."""
     if data is None:
         return {}
-    mean, std = normalization_for(model)
-    return {"data": image_folder(data, size, mean=mean, std=std, limit=limit), "data_name": str(data)}
+    pipeline = InputPipeline.for_model(model, size, mean, std)
+    return {"data": image_folder(data, size, mean=pipeline.mean, std=pipeline.std, limit=limit), "data_name": str(data)}
+
+
+def _parse_floats(name: str, text: str | None) -> tuple[float, ...] | None:
+    """``--mean`` / ``--std`` as numbers; None when not given."""
+    if text is None:
+        return None
+    parts = [p for p in re.split(r"[,\s]+", text.strip()) if p]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"{name} must be numbers separated by commas, one per input channel, such as 0.485,0.456,0.406; got {text!r}.")
+    return values
 
 
 def _load_any(spec: str, checkpoint: Path | None, trust: bool) -> tuple[nn.Module, str]:
@@ -147,7 +194,7 @@ def _load_any(spec: str, checkpoint: Path | None, trust: bool) -> tuple[nn.Modul
             raise ConfigError(f"{spec} is a saved ghostify directory: it carries its weights, so --checkpoint does not apply to it.")
         with stdout.status(f"loading {spec} ..."):
             model = load(path, trust_checkpoint=trust)
-        stdout.print(f"model: [bold]{spec}[/] (saved ghostify model)", highlight=False, soft_wrap=True)
+        stdout.print(f"model: [bold]{escape(spec)}[/] (saved ghostify model)", highlight=False, soft_wrap=True)
         return model, spec
     resolved = _resolve(spec, checkpoint, trust, False)
     return resolved.model, resolved.spec
@@ -158,7 +205,7 @@ def _write_output(output: Path, force: bool, write: Callable[[Path], object]) ->
     with atomic_directory(output, force=force) as staging:
         write(staging)
         written = ", ".join(sorted(path.name for path in staging.iterdir()))
-    stdout.print(f"wrote {output}/ ({written})", highlight=False, soft_wrap=True)
+    stdout.print(f"wrote {escape(str(output))}/ ({escape(written)})", highlight=False, soft_wrap=True)
 
 
 def _show_plan(model: nn.Module, config: GhostConfig) -> None:
@@ -167,11 +214,192 @@ def _show_plan(model: nn.Module, config: GhostConfig) -> None:
     stdout.print(plan_table(plan))
 
 
-def _resolve(model: str, checkpoint: Path | None, trust: bool, pretrained: bool) -> ResolvedModel:
+def _resolve(model: str, checkpoint: Path | None, trust: bool, pretrained: bool, label: str = "model") -> ResolvedModel:
     with stdout.status(f"building {model} ..."):
         resolved = resolve_model(model, checkpoint=checkpoint, pretrained=pretrained, trust_checkpoint=trust)
-    stdout.print(f"model: [bold]{resolved.spec}[/], {resolved.weights_note}", highlight=False, soft_wrap=True)
+    stdout.print(f"{label}: [bold]{escape(resolved.spec)}[/], {escape(resolved.weights_note)}", highlight=False, soft_wrap=True)
     return resolved
+
+
+# ----- calibration and distillation ---------------------------------------------------------------
+
+def _is_main_process() -> bool:
+    """False in the extra processes of a ``torchrun`` launch: only the first one prints and writes."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _training_options(epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None) -> dict[str, Any]:
+    """The ``DistillConfig`` fields given on the command line (the rest keep their defaults)."""
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"--lr must be a number > 0, got {lr}.")
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    options = {name: value for name, value in given.items() if value is not None}
+    DistillConfig(**options)  # out-of-range values fail now, before any slow work
+    return options
+
+
+def checkpoint_file(output: Path) -> Path:
+    """Where distillation keeps its checkpoint while writing ``output``: beside it, hidden."""
+    output = Path(output).expanduser().absolute()
+    return output.parent / f".{output.name}.distill-checkpoint.pt"
+
+
+def _state_file(checkpoint: Path) -> Path:
+    """Beside the checkpoint: what ran before distillation (calibration, accuracy per stage), for --resume."""
+    return checkpoint.with_suffix(".json")
+
+
+def _check_resume(checkpoint: Path | None, resume: bool) -> None:
+    """--resume needs the checkpoint of an interrupted run; without it, such a checkpoint must not be lost silently."""
+    if resume and (checkpoint is None or not checkpoint.is_file()):
+        where = f"no checkpoint at {checkpoint}" if checkpoint is not None else "no checkpoint (checkpoints are kept only with -o OUT)"
+        raise ConfigError(f"--resume: {where}; it exists only while an interrupted distillation is unfinished. Run without --resume.")
+    if not resume and checkpoint is not None and checkpoint.is_file():
+        raise ConfigError(
+            f"an interrupted distillation left its checkpoint at {checkpoint}; rerun with --resume to continue it, "
+            "or delete that file to start again."
+        )
+
+
+def _remove_checkpoint(checkpoint: Path | None) -> None:
+    if checkpoint is not None:
+        for path in (checkpoint, _state_file(checkpoint)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _model_outputs(model: nn.Module, dataset: Dataset, device: torch.device) -> int:
+    """How many classes ``model`` predicts, from one forward pass on the first image."""
+    with torch.no_grad():
+        output = model(dataset[0][0][None].to(device))
+    if isinstance(output, dict):
+        output = next((value for value in output.values() if isinstance(value, torch.Tensor)), output)
+    elif isinstance(output, (list, tuple)) and output:
+        output = output[0]
+    if not isinstance(output, torch.Tensor) or output.ndim != 2:
+        raise GhostifyError(f"the model returned {type(output).__name__}, not a (batch, classes) tensor of class scores; it cannot be distilled.")
+    return int(output.shape[1])
+
+
+@dataclass
+class _Recovery:
+    """What calibration / distillation did, for the report."""
+
+    stages: list[AccuracyStage] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
+    training: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Evaluator:
+    """Agreement with the teacher (and top-1 with labels) on --val-data, one stage after another."""
+
+    def __init__(self, dataset: Dataset | None, name: str, teacher: nn.Module, device: torch.device) -> None:
+        self.dataset, self.name, self.teacher, self.device = dataset, name, teacher, device
+
+    def stage(self, stage: str, student: nn.Module, *, original: bool = False) -> list[AccuracyStage]:
+        if self.dataset is None:
+            return []
+        agreement, top1, teacher_top1 = agreement_and_accuracy(student, self.teacher, self.dataset, device=self.device)
+        stages = [AccuracyStage("original", teacher_top1, 1.0, len(self.dataset), self.name)] if original else []
+        return stages + [AccuracyStage(stage, top1, agreement, len(self.dataset), self.name)]
+
+
+def _recover(
+    student: nn.Module, teacher: nn.Module, *, data: list[Path], val_data: list[Path] | None, pipeline: InputPipeline,
+    device: str, calibrate: bool, distill: bool, samples: int, options: dict[str, Any], checkpoint: Path | None,
+    resume: bool, start_stage: str,
+) -> _Recovery:
+    """Calibrate and/or distill ``student`` towards ``teacher`` in place, measuring each stage on ``val_data``."""
+    from .measure import resolve_device
+
+    target = resolve_device(device)
+    teacher.eval()
+    check_teacher_fits(student, teacher, [name for name, module in student.named_modules() if isinstance(module, GhostConv2d)])
+    train = as_dataset([str(p) for p in data], pipeline)  # missing / empty / too small images fail here, before any work
+    val = as_dataset([str(p) for p in val_data], pipeline) if val_data else None
+    student.to(target), teacher.to(target)
+    outputs = _model_outputs(teacher, train, target)
+    check_labels(train, outputs)
+    if val is not None:
+        check_labels(val, outputs)
+    val_name = ", ".join(map(str, val_data or []))
+    evaluator = _Evaluator(val, val_name, teacher, target)
+    main = _is_main_process()
+    if val is None:
+        stdout.print("note: accuracy is not measured; pass --val-data DIR (held-out images, in class folders for top-1) "
+                     "to see agreement with the original after each step and each epoch.", highlight=False, soft_wrap=True)
+    state = _state_file(checkpoint) if checkpoint is not None else None
+    done = _Recovery()
+    resuming = resume and checkpoint is not None and checkpoint.is_file()
+    if resuming:  # the checkpoint holds the student: calibration is not repeated, its results are read back
+        saved = _read_state(state)
+        done.calibration = saved.get("calibration")
+        if saved.get("val_data") == val_name and saved.get("stages") is not None:
+            done.stages = saved["stages"]
+        elif main:
+            done.stages = evaluator.stage(start_stage, student, original=True)
+    elif main:
+        done.stages = evaluator.stage(start_stage, student, original=True)
+    if calibrate and not resuming:
+        with calibration_progress(stdout) as progress:
+            result = calibrate_model(student, teacher, train, samples=samples, pipeline=pipeline,
+                                     seed=options.get("seed", 0), progress=progress if main else None)
+        before = sum(layer.error_before for layer in result.layers) / max(1, len(result.layers))
+        stdout.print(f"calibrated {len(result.layers)} layers on {result.images} images in {result.seconds:.1f} s "
+                     f"(mean relative output error {before:.3f} -> {result.mean_error_after:.3f})", highlight=False)
+        done.calibration = result.to_dict()
+        if main:
+            done.stages += evaluator.stage("calibrated", student)
+    if distill:
+        if state is not None and not resuming and main:
+            state.parent.mkdir(parents=True, exist_ok=True)
+            state.write_text(json.dumps({"calibration": done.calibration, "val_data": val_name,
+                                         "stages": [asdict(stage) for stage in done.stages]}))
+        try:
+            with distillation_progress(stdout) as progress:
+                result = distill_model(student, teacher, [str(p) for p in data], val_data=val, pipeline=pipeline, device=target,
+                                       checkpoint=checkpoint, resume=resuming, progress=progress, **options)
+        except BaseException:
+            if checkpoint is not None and not checkpoint.is_file():  # stopped before the first checkpoint: keep nothing
+                _remove_checkpoint(checkpoint)
+            raise
+        done.training = result.to_dict()["history"]
+        last = result.history[-1] if result.history else None
+        if last is not None and last.val_agreement is not None:
+            done.stages.append(AccuracyStage("distilled", last.val_top1, last.val_agreement, len(val), val_name))
+        elif main:
+            done.stages += evaluator.stage("distilled", student)
+    student.cpu().eval(), teacher.cpu().eval()
+    return done
+
+
+def _read_state(path: Path | None) -> dict[str, Any]:
+    """What ``_recover`` stored beside the checkpoint before distilling; empty if absent or unreadable."""
+    try:
+        state = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+        stages = state.get("stages")
+        state["stages"] = [AccuracyStage(**stage) for stage in stages] if isinstance(stages, list) else None
+        return state
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def _fill_report(report: ComparisonReport, done: _Recovery) -> None:
+    report.recovery, report.calibration, report.training = done.stages, done.calibration, done.training
+    if done.stages and done.stages[0].top1 is not None and done.stages[-1].top1 is not None:
+        first, last = done.stages[0], done.stages[-1]
+        report.accuracy = AccuracyStats(last.dataset, last.samples, first.top1, last.top1, last.agreement)
+
+
+def _interrupted(checkpoint: Path | None) -> NoReturn:
+    """Ctrl-C: one line saying what was kept, exit 130 (the shell's code for SIGINT)."""
+    if checkpoint is not None and checkpoint.is_file():
+        stderr.print(f"interrupted: progress saved to {escape(str(checkpoint))}; rerun the same command with --resume", highlight=False, soft_wrap=True)
+    else:
+        if checkpoint is not None:
+            _remove_checkpoint(checkpoint)
+        stderr.print("interrupted: nothing was written", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=130)
 
 
 @app.command()
@@ -183,7 +411,7 @@ def convert(
     exclude: ExcludeOpt = None,
     layer_ratio: LayerRatioOpt = None,
     min_channels: MinChannelsOpt = 8,
-    skip_stem: SkipStemOpt = False,
+    skip_stem: SkipStemOpt = True,
     skip_pointwise: SkipPointwiseOpt = False,
     variant: Annotated[Variant, typer.Option(help="Ghost module kind: 'linear' is a drop-in for a conv; 'paper-bn-relu' has BN+ReLU inside (train it).")] = Variant("linear"),
     init: Annotated[InitMode, typer.Option(help="'transfer' starts from the original weights; 'random' from scratch.")] = InitMode.transfer,
@@ -191,21 +419,44 @@ def convert(
     trust_checkpoint: TrustOpt = False,
     pretrained: PretrainedOpt = False,
     input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write model.safetensors, ghostify.json and the report (JSON, Markdown, HTML) here.")] = None,
     force: ForceOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan only; convert nothing.")] = False,
-    data: DataOpt = None,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Fit each ghost module to the original layer's outputs on --data (closed form, no training; minutes).")] = False,
+    distill: Annotated[bool, typer.Option("--distill", help="Calibrate, then train the ghost model to reproduce the original on --data (knowledge distillation).")] = False,
+    data: DataDirsOpt = None,
+    val_data: ValDataOpt = None,
     data_limit: DataLimitOpt = None,
+    calibration_samples: CalibrationSamplesOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = None,
+    resume: ResumeOpt = False,
     latency: LatencyOpt = False,
     device: DeviceOpt = "cpu",
     layers: Annotated[bool, typer.Option("--layers", help="Print the per-layer table too.")] = False,
 ) -> None:
-    """Convert MODEL's eligible convs to ghost modules and print a before/after report."""
+    """Convert MODEL's eligible convs to ghost modules and print a before/after report.
+
+    With --calibrate or --distill the ghost model then recovers the original's accuracy from the images in --data (labels optional); --val-data measures it after each step.
+    """
+    recover = calibrate or distill
+    ckpt = None
     try:
+        ckpt = checkpoint_file(output) if distill and output is not None and not dry_run else None
+        if not _is_main_process():
+            stdout.quiet = True
         config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, variant.value, init.value)
-        size = _parse_input_size(input_size)  # a typo fails before the model is built
+        size = explicit_size = _parse_input_size(input_size)  # a typo fails before the model is built
+        norm_mean, norm_std = _parse_floats("--mean", mean), _parse_floats("--std", std)
+        options = _training_options(epochs, batch_size, lr, seed)
+        _check_convert_options(recover, distill, data, val_data, data_limit, calibration_samples, options, resume, output)
+        _check_resume(ckpt, resume)
         if output is not None and not dry_run:  # before the slow work, not after it
-            check_output_path(output, force=force, inputs=[model.rpartition(":")[0], checkpoint])
+            check_output_path(output, force=force, inputs=[model.rpartition(":")[0], checkpoint, *(data or []), *(val_data or [])])
         resolved = _resolve(model, checkpoint, trust_checkpoint, pretrained)
         size = size or default_input_size(resolved.model)
         if dry_run:
@@ -214,22 +465,170 @@ def convert(
         with stdout.status("converting ..."):
             converted = convert_model(resolved.model, config)
         _print_trace(converted.ghostify_plan)
+        done = None
+        if recover:
+            pipeline = InputPipeline.for_model(resolved.model, explicit_size, norm_mean, norm_std)
+            done = _recover(converted, resolved.model, data=list(data or []), val_data=val_data, pipeline=pipeline,
+                            device=device, calibrate=True, distill=distill, samples=calibration_samples or CALIBRATION_SAMPLES,
+                            options=options, checkpoint=ckpt, resume=resume, start_stage="converted (data-free)")
+            if not _is_main_process():
+                return
+        eval_data = (data or [None])[0] if not recover else None
         with stdout.status("measuring ..."):
             report = compare(resolved.model, converted, input_size=size, latency=latency, device=device,
                              original_name=resolved.spec, converted_name=f"{resolved.spec} (ghost s={ratio})",
-                             **_data_args(data, data_limit, size, resolved.model))
+                             **_data_args(eval_data, data_limit, size, resolved.model, norm_mean, norm_std))
         report.weights_note = resolved.weights_note
+        if done is not None:
+            _fill_report(report, done)
         stdout.print(report)
         if layers:
             stdout.print(report.layer_table())
         if output is not None:
             def write_model_and_report(staging: Path) -> None:
-                write_model_files(converted, staging, base_model=resolved.spec)
+                write_model_files(converted, staging, base_model=resolved.spec, base_checkpoint=checkpoint, base_pretrained=pretrained,
+                                  inputs={"input_size": explicit_size, "mean": norm_mean, "std": norm_std})
                 report.save(staging)
 
             _write_output(output, force, write_model_and_report)
+            _remove_checkpoint(ckpt)
     except GhostifyError as err:
         _fail(str(err))
+    except KeyboardInterrupt:
+        _interrupted(ckpt)
+
+
+def _check_convert_options(recover: bool, distill: bool, data: list[Path] | None, val_data: list[Path] | None,
+                           data_limit: int | None, calibration_samples: int | None, options: dict[str, Any],
+                           resume: bool, output: Path | None) -> None:
+    """Options that only make sense together, checked before any work."""
+    if recover:
+        if not data:
+            raise ConfigError(f"--{'distill' if distill else 'calibrate'} needs images: pass --data DIR (a folder of images or an ImageFolder root; labels are optional).")
+        if data_limit is not None:
+            raise ConfigError("--data-limit limits evaluation images; with --calibrate/--distill use --calibration-samples N, and --val-data DIR for evaluation.")
+    else:
+        if data and len(data) > 1:
+            raise ConfigError("without --calibrate/--distill, --data is the evaluation set: pass one ImageFolder root.")
+        if val_data:
+            raise ConfigError("--val-data measures accuracy during --calibrate/--distill; to measure the converted model alone, pass --data DIR.")
+        if calibration_samples is not None:
+            raise ConfigError("--calibration-samples applies to --calibrate/--distill.")
+    if not distill:
+        given = [f"--{name.replace('_', '-')}" for name in options] + (["--resume"] if resume else [])
+        if given:
+            raise ConfigError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to --distill.")
+    elif resume and output is None:
+        raise ConfigError("--resume needs -o OUT: the distillation checkpoint is kept beside the output directory.")
+
+
+@app.command(name="distill")
+def distill_command(
+    saved: Annotated[Path, typer.Argument(metavar="SAVED_DIR", help="A directory written by `ghostify convert -o` (or by this command).", show_default=False)],
+    data: DataDirsOpt = None,
+    val_data: ValDataOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    lr: LrOpt = None,
+    seed: SeedOpt = None,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", help="The original model (a spec, see convert) (default: the base model recorded in SAVED_DIR).", show_default=False)] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="The teacher's weights (default: the base checkpoint recorded in SAVED_DIR).", show_default=False)] = None,
+    trust_checkpoint: TrustOpt = False,
+    pretrained: Annotated[bool, typer.Option("--pretrained", help="The teacher has its source's pretrained weights (needs a network or the cache).")] = False,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the distilled model and its report here (default: replace SAVED_DIR).", show_default=False)] = None,
+    force: ForceOpt = False,
+    resume: ResumeOpt = False,
+    latency: LatencyOpt = False,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Distill the original model into a saved ghost model (continue or refine `convert --distill`).
+
+    The teacher is rebuilt from SAVED_DIR's recipe (base model and checkpoint) unless --teacher / -c say otherwise. The result replaces SAVED_DIR, all files at once, unless -o is given.
+    """
+    target = output if output is not None else saved
+    ckpt = None
+    try:
+        ckpt = checkpoint_file(target)
+        if not _is_main_process():
+            stdout.quiet = True
+        size = _parse_input_size(input_size)
+        norm_mean, norm_std = _parse_floats("--mean", mean), _parse_floats("--std", std)
+        options = _training_options(epochs, batch_size, lr, seed)
+        if not data:
+            raise ConfigError("distill needs images: pass --data DIR (a folder of images or an ImageFolder root; labels are optional).")
+        recipe = read_recipe(saved)
+        recorded = recorded_inputs(saved, recipe)  # the --input-size/--mean/--std given to convert
+        size, norm_mean, norm_std = size or recorded["input_size"], norm_mean or recorded["mean"], norm_std or recorded["std"]
+        explicit = {"input_size": size, "mean": norm_mean, "std": norm_std}
+        _check_resume(ckpt, resume)
+        teacher_spec, teacher_checkpoint, teacher_pretrained = _teacher_source(saved, recipe, teacher, checkpoint, pretrained)
+        inputs = [teacher_spec.rpartition(":")[0], teacher_checkpoint, *data, *(val_data or [])]
+        if output is not None:
+            check_output_path(output, force=force, inputs=[saved, *inputs])
+        else:  # refining in place: SAVED_DIR is replaced, but never the data or weights inside it
+            check_output_path(saved, force=True, inputs=inputs)
+        resolved = _resolve(teacher_spec, teacher_checkpoint, trust_checkpoint, teacher_pretrained, label="teacher")
+        with stdout.status(f"loading {saved} ..."):
+            student = load(saved, base_model=resolved.model)  # the teacher's architecture must fit the student's
+        stdout.print(f"student: [bold]{escape(str(saved))}[/] (saved ghostify model)", highlight=False, soft_wrap=True)
+        pipeline = InputPipeline.for_model(resolved.model, size, norm_mean, norm_std)
+        done = _recover(student, resolved.model, data=list(data), val_data=val_data, pipeline=pipeline, device=device,
+                        calibrate=False, distill=True, samples=0, options=options, checkpoint=ckpt, resume=resume,
+                        start_stage="saved")
+        if not _is_main_process():
+            return
+        size = size or default_input_size(resolved.model)
+        with stdout.status("measuring ..."):
+            report = compare(resolved.model, student, input_size=size, latency=latency, device=device,
+                             original_name=resolved.spec, converted_name=f"{saved.name} (distilled)")
+        report.weights_note = resolved.weights_note
+        _fill_report(report, done)
+        report.calibration = _previous_calibration(saved)
+        stdout.print(report)  # with the accuracy of each stage, teacher vs student
+
+        def write_model_and_report(staging: Path) -> None:
+            write_model_files(student, staging, base_model=resolved.spec, base_checkpoint=teacher_checkpoint,
+                              base_pretrained=teacher_pretrained, inputs=explicit)
+            report.save(staging)
+
+        _write_output(target, force if output is not None else True, write_model_and_report)
+        _remove_checkpoint(ckpt)
+    except GhostifyError as err:
+        _fail(str(err))
+    except KeyboardInterrupt:
+        _interrupted(ckpt)
+
+
+def _teacher_source(saved: Path, recipe: dict[str, Any], spec: str | None, checkpoint: Path | None,
+                    pretrained: bool) -> tuple[str, Path | None, bool]:
+    """(spec, checkpoint, pretrained) of the teacher: the options, else what SAVED_DIR's recipe records."""
+    given = spec is not None
+    if spec is None:
+        spec = recipe.get("base_model")
+        if not spec:
+            raise ConfigError(f"{saved} does not record the model it was converted from; pass --teacher SPEC -c CKPT.")
+        if checkpoint is None and not pretrained:
+            checkpoint, pretrained = base_weights(saved, recipe)
+            if checkpoint is not None and not checkpoint.is_file():
+                raise ConfigError(f"{saved} was converted from the weights in {checkpoint}, which no longer exist there; "
+                                  "pass -c CKPT with the original model's weights.")
+    if checkpoint is None and not pretrained:
+        why = "no -c given" if given else f"{saved} records no base checkpoint"
+        raise ConfigError(
+            f"the teacher {spec} would have random weights ({why}); pass -c CKPT with the original model's weights "
+            "(or --pretrained), so that the ghost model learns from a trained model."
+        )
+    return spec, checkpoint, pretrained
+
+
+def _previous_calibration(saved: Path) -> dict[str, Any] | None:
+    """The calibration recorded in SAVED_DIR's report, if any: part of how the model got here."""
+    with contextlib.suppress(OSError, ValueError, GhostifyError, TypeError, KeyError):
+        return ComparisonReport.from_json((saved / "report.json").read_text()).calibration
+    return None
 
 
 @app.command()
@@ -241,7 +640,7 @@ def inspect(
     exclude: ExcludeOpt = None,
     layer_ratio: LayerRatioOpt = None,
     min_channels: MinChannelsOpt = 8,
-    skip_stem: SkipStemOpt = False,
+    skip_stem: SkipStemOpt = True,
     skip_pointwise: SkipPointwiseOpt = False,
     checkpoint: CheckpointOpt = None,
     trust_checkpoint: TrustOpt = False,
@@ -302,7 +701,7 @@ def sweep(
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     min_channels: MinChannelsOpt = 8,
-    skip_stem: SkipStemOpt = False,
+    skip_stem: SkipStemOpt = True,
     skip_pointwise: SkipPointwiseOpt = False,
     checkpoint: CheckpointOpt = None,
     trust_checkpoint: TrustOpt = False,

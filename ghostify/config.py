@@ -57,7 +57,8 @@ class GhostConfig:
     include / exclude: layer-name patterns (see ``ghostify.selection``); include empty = all.
     layer_ratios: ``{pattern: ratio}`` overrides, first matching pattern wins; ratio 1 keeps a layer.
     min_channels: convs with fewer output channels are left alone (too small to gain anything).
-    skip_stem / skip_pointwise: leave the first conv / all 1x1 convs alone.
+    skip_stem: leave the first conv alone (default, as in the paper: a 3-channel stem costs few MACs
+    but converting it loses the most accuracy). skip_pointwise: leave all 1x1 convs alone.
     variant: which ghost module replaces a conv (``ghostify.graph_pass.VARIANTS``).
     init: "transfer" starts from the original weights, "random" from PyTorch's default init.
     """
@@ -68,7 +69,7 @@ class GhostConfig:
     exclude: tuple[str, ...] = ()
     layer_ratios: tuple[tuple[str, int], ...] = ()
     min_channels: int = 8
-    skip_stem: bool = False
+    skip_stem: bool = True
     skip_pointwise: bool = False
     variant: str = "linear"
     init: str = "transfer"

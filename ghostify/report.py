@@ -2,48 +2,44 @@
 
 ``compare(original, converted)`` measures both models on the same deterministic input and
 joins the numbers with the conversion plan into a ``ComparisonReport``: one row per conv layer
-(converted or why not) and a summary. The report renders as rich tables (``print(report)``),
-Markdown, and versioned JSON that reads back with ``ComparisonReport.from_dict``.
+(converted or why not) and a summary, plus, when calibration or distillation ran, the accuracy
+each stage recovered. The report renders as rich tables (``print(report)``), Markdown
+(``ghostify.report_render``), HTML (``ghostify.report_html``), and versioned JSON that reads
+back with ``ComparisonReport.from_dict``.
+
+This module holds the data types and the measurement; the renderers import nothing from it.
 """
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 from torch import nn
 from torch.utils.data import Dataset
 
+from . import report_render as render
 from .convert import get_plan
 from .errors import GhostifyError
-from .formatting import (
-    MISSING,
-    human_bytes,
-    human_count,
-    human_ms,
-    percent_text,
-    ratio_text,
-    saving_percent,
-    saving_ratio,
-)
+from .evaluate import AccuracyStats, evaluate
+from .formatting import saving_percent, saving_ratio
 from .measure import (
     LatencyStats, MacCount, check_runs, count_macs, count_params, example_input, measure_latencies, model_device,
     state_dict_bytes,
 )
-from .evaluate import AccuracyStats, evaluate
+from .report_html import render_html
+from .report_render import MACS_EXPLANATION, RENDER_WIDTH, render_text  # noqa: F401  (still importable from here)
 from .selection import ConversionPlan, LayerPlan
+from .version import __version__
 
 REPORT_SCHEMA = "ghostify.report"
-REPORT_SCHEMA_VERSION = 1
-MACS_EXPLANATION = "MACs: multiply-accumulates counted by fvcore; one multiply-add = one MAC."
-RENDER_WIDTH = 120
+REPORT_SCHEMA_VERSION = 2  # 2: recovery, calibration, training (version 1 files still read)
 
 
 def check_schema(payload: Mapping[str, Any], schema: str, version: int) -> None:
@@ -90,6 +86,21 @@ class LayerRow:
 
 
 @dataclass
+class AccuracyStage:
+    """Accuracy of one stage of recovery (original, data-free, calibrated, distilled) on held-out images.
+
+    ``top1`` is None for unlabelled data; ``agreement`` is the share of images where this model's
+    top-1 class equals the original model's (1.0 for the original itself).
+    """
+
+    stage: str
+    top1: float | None
+    agreement: float
+    samples: int
+    dataset: str
+
+
+@dataclass
 class ComparisonReport:
     """Costs of a model before and after ghostify, per conv layer and in total.
 
@@ -128,6 +139,20 @@ class ComparisonReport:
     converted_name: str = "converted"
     weights_note: str | None = None
     ghostify_version: str = ""
+    # accuracy recovered by calibration / distillation, and how it got there
+    recovery: list[AccuracyStage] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None  # CalibrationResult.to_dict()
+    training: list[dict[str, Any]] = field(default_factory=list)  # DistillResult.to_dict()["history"]
+
+    SCHEMA: ClassVar[str] = REPORT_SCHEMA
+
+    def __post_init__(self) -> None:
+        # the shapes JSON gives back, so that from_dict(to_dict()) equals the report: stages as
+        # AccuracyStage, tuples (a calibration's ``head``) as lists
+        self.recovery = [stage if isinstance(stage, AccuracyStage) else AccuracyStage(**_known(AccuracyStage, stage))
+                         for stage in self.recovery]
+        self.calibration = _json_shaped(self.calibration)
+        self.training = _json_shaped(self.training)
 
     # ----- derived numbers -------------------------------------------------------------------
 
@@ -190,6 +215,8 @@ class ComparisonReport:
                 data[key] = LatencyStats.from_dict(data[key])
         if data.get("accuracy") is not None:
             data["accuracy"] = AccuracyStats(**data["accuracy"])
+        data["recovery"] = [AccuracyStage(**_known(AccuracyStage, stage)) for stage in payload.get("recovery") or []]
+        data["training"] = list(payload.get("training") or [])
         return cls(**data)
 
     @classmethod
@@ -199,8 +226,6 @@ class ComparisonReport:
     def save(self, directory: str | Path) -> tuple[Path, Path, Path]:
         """Write ``report.json``, ``report.md`` and ``report.html`` into ``directory`` (created if
         missing); returns their paths in that order."""
-        from .report_html import render_html
-
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
         json_path, markdown_path, html_path = target / "report.json", target / "report.md", target / "report.html"
@@ -209,191 +234,50 @@ class ComparisonReport:
         html_path.write_text(render_html(self), encoding="utf-8")
         return json_path, markdown_path, html_path
 
-    # ----- shared text pieces ----------------------------------------------------------------
-
-    def _input_text(self) -> str:
-        return " x ".join(str(d) for d in (self.batch_size, *self.input_size))
-
-    def _setting(self, name: str) -> Any:
-        return self.config.get("_data", self.config).get(name)
+    # ----- rendering (ghostify.report_render) ----------------------------------------------
 
     def _summary_rows(self) -> list[tuple[str, str, str, str]]:
-        def saving(ratio: float | None, percent: float | None, smaller: str, larger: str) -> str:
-            text = ratio_text(ratio, smaller, larger)
-            return text if percent is None or text in (MISSING, "same") else f"{text} ({percent_text(percent)})"
-
-        savings = self.savings()
-        rows = [
-            ("Parameters", human_count(self.params_before), human_count(self.params_after),
-             saving(savings["params_ratio"], savings["params_percent"], "smaller", "larger")),
-            ("MACs", human_count(self.macs_before), human_count(self.macs_after),
-             saving(savings["macs_ratio"], savings["macs_percent"], "fewer", "more")),
-            ("Size on disk (state dict)", human_bytes(self.size_bytes_before), human_bytes(self.size_bytes_after),
-             saving(savings["size_ratio"], savings["size_percent"], "smaller", "larger")),
-        ]
-        if self.latency_before is not None and self.latency_after is not None:
-            before, after = self.latency_before, self.latency_after
-            rows.append((
-                "Latency, median [p10-p90]",
-                f"{human_ms(before.median_ms)} [{human_ms(before.p10_ms)}-{human_ms(before.p90_ms)}]",
-                f"{human_ms(after.median_ms)} [{human_ms(after.p10_ms)}-{human_ms(after.p90_ms)}]",
-                saving(savings["latency_speedup"], savings["latency_percent"], "faster", "slower"),
-            ))
-        if self.accuracy is not None:
-            acc = self.accuracy
-            rows.append((
-                f"Top-1 on {acc.dataset} ({acc.samples} images)", f"{acc.top1_before:.1%}", f"{acc.top1_after:.1%}",
-                f"{(acc.top1_after - acc.top1_before) * 100:+.1f} pts; agrees with original on {acc.agreement:.1%}",
-            ))
-        rows.append((
-            "Conv layers", f"{self.convs_total} convs", f"{self.convs_converted} ghost",
-            f"{self.convs_eligible} eligible, {self.convs_skipped} skipped",
-        ))
-        return rows
+        return render.summary_rows(self)
 
     def _notes(self) -> list[str]:
-        notes = [MACS_EXPLANATION]
-        settings = f"ratio {self._setting('ratio')}, dw_size {self._setting('dw_size')}, variant {self._setting('variant')}"
-        notes.append(f"Input {self._input_text()}; {settings}; layers found by {self.trace}.")
-        if self.latency_before is not None:
-            timing = self.latency_before
-            notes.append(
-                f"Latency: {timing.repeats} timed runs per model on {timing.device}, batch {timing.batch_size}, "
-                "runs of the two models interleaved."
-            )
-        if self.weights_note:
-            notes.append(f"Weights: {self.weights_note}.")
-        if self.trace_note:
-            notes.append(f"Note: {self.trace_note}.")
-        for label, ops in (("before", self.unsupported_ops_before), ("after", self.unsupported_ops_after)):
-            if ops:
-                listed = ", ".join(f"{op} x{count}" for op, count in sorted(ops.items()))
-                notes.append(f"Ops fvcore did not count ({label}): {listed}.")
-        if self.macs_check_ok:
-            notes.append(
-                f"MAC cross-check ok: per-layer MACs + {human_count(self.macs_outside_layers_before)} outside the "
-                f"conv layers = fvcore total, before and after."
-            )
-        else:
-            notes.append("MAC cross-check FAILED: " + "; ".join(self.macs_check_notes))
-        return notes
-
-    # ----- Markdown --------------------------------------------------------------------------
+        return render.notes(self)
 
     def to_markdown(self) -> str:
-        """The report as Markdown: summary table, notes, and one row per conv layer."""
-        lines = [f"# ghostify report: {self.original_name} → {self.converted_name}", ""]
-        lines += ["| Metric | Before | After | Saving |", "|---|---:|---:|---|"]
-        lines += [f"| {' | '.join(_md_cell(c) for c in row)} |" for row in self._summary_rows()]
-        lines.append("")
-        lines += [f"- {_md_cell(note)}" for note in self._notes()]
-        lines += ["", "## Conv layers", ""]
-        headers = ["Layer", "Kind", "In → out", "Kernel / stride", "Ratio", "Converted",
-                   "Params before", "Params after", "MACs before", "MACs after", "Fit error", "Reason"]
-        lines.append("| " + " | ".join(headers) + " |")
-        lines.append("|" + "|".join(["---"] * 6 + ["---:"] * 5 + ["---"]) + "|")
-        for row in self.layers:
-            cells = [
-                f"`{row.name}`", row.kind, _channels_text(row), _kernel_text(row),
-                str(row.ratio) if row.convert else MISSING, "yes" if row.convert else "no",
-                human_count(row.params_before), human_count(row.params_after),
-                human_count(row.macs_before), human_count(row.macs_after),
-                _fit_text(row.fit_error), row.reason or "",
-            ]
-            lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
-        return "\n".join(lines) + "\n"
-
-    # ----- rich ------------------------------------------------------------------------------
+        """The report as Markdown: summary table, notes, accuracy recovery, and one row per conv layer."""
+        return render.to_markdown(self)
 
     def summary_table(self) -> Table:
         """Rich table: parameters, MACs, size, latency (if measured), conv counts, with savings."""
-        table = Table(title=f"ghostify: {self.original_name} → {self.converted_name}", title_justify="left")
-        table.add_column("Metric")
-        table.add_column("Before", justify="right")
-        table.add_column("After", justify="right")
-        table.add_column("Saving")
-        for row in self._summary_rows():
-            table.add_row(*row)
-        return table
+        return render.summary_table(self)
+
+    def recovery_table(self) -> Table:
+        """Rich table: top-1 and agreement with the original for each recovery stage."""
+        return render.recovery_table(self)
 
     def layer_table(self, max_rows: int | None = None) -> Table:
         """Rich table with one row per conv layer; past ``max_rows`` a last row says how many were left out."""
-        table = Table(title="Conv layers", title_justify="left")
-        with_fit = any(row.fit_error is not None for row in self.layers)
-        table.add_column("Layer", no_wrap=True)
-        table.add_column("In → out", justify="right", no_wrap=True)
-        table.add_column("k / s", no_wrap=True)
-        table.add_column("Ratio", justify="right")
-        table.add_column("Params", justify="right", no_wrap=True)
-        table.add_column("MACs", justify="right", no_wrap=True)
-        if with_fit:
-            table.add_column("Fit err", justify="right")
-        table.add_column("Status")
-        shown = self.layers if max_rows is None else self.layers[:max(max_rows, 0)]
-        for row in shown:
-            status = Text("ghost", style="green") if row.convert else Text(row.reason or "not selected", style="dim")
-            cells: list[Any] = [
-                row.name, _channels_text(row), _kernel_text(row), str(row.ratio) if row.convert else MISSING,
-                _before_after(row.params_before, row.params_after), _before_after(row.macs_before, row.macs_after),
-            ]
-            if with_fit:
-                cells.append(_fit_text(row.fit_error))
-            table.add_row(*cells, status)
-        hidden = len(self.layers) - len(shown)
-        if hidden > 0:
-            table.add_row(f"... {hidden} more layer(s)", *[""] * (len(table.columns) - 1), style="dim")
-        return table
+        return render.layer_table(self, max_rows)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield self.summary_table()
-        yield Text("\n".join(self._notes()))
+        yield from render.renderables(self)
 
     def __str__(self) -> str:
         return render_text(self, Text(""), self.layer_table())
 
 
-def render_text(*renderables: Any) -> str:
-    """Plain text (no colour, ``RENDER_WIDTH`` columns) of rich renderables, for ``str()`` and files."""
-    buffer = io.StringIO()
-    console = Console(
-        file=buffer, width=RENDER_WIDTH, no_color=True, color_system=None, force_terminal=False,
-        highlight=False, emoji=False, soft_wrap=False,
-    )
-    console.print(Group(*renderables))
-    return buffer.getvalue()
+def _known(cls: type, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The items of ``record`` that are fields of dataclass ``cls`` (readers ignore fields they do not know)."""
+    names = {f.name for f in fields(cls)}
+    return {key: value for key, value in record.items() if key in names}
 
 
-def _md_cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _channels_text(row: LayerRow) -> str:
-    if row.in_channels is None and row.out_channels is None:
-        return MISSING
-    def known(value: int | None) -> str:
-        return "?" if value is None else str(value)
-
-    return f"{known(row.in_channels)} → {known(row.out_channels)}"
-
-
-def _kernel_text(row: LayerRow) -> str:
-    kernel = "x".join(str(k) for k in row.kernel_size) if row.kernel_size else "?"
-    stride = "x".join(str(s) for s in row.stride) if row.stride else "?"
-    if row.stride and len(set(row.stride)) == 1:
-        stride = str(row.stride[0])
-    return f"{kernel} / {stride}"
-
-
-def _fit_text(fit_error: float | None) -> str:
-    return MISSING if fit_error is None else f"{fit_error:.3f}"
-
-
-def _before_after(before: int | None, after: int | None) -> str:
-    if before is None and after is None:
-        return MISSING
-    if before == after:
-        return human_count(before)
-    return f"{human_count(before)} → {human_count(after)}"
+def _json_shaped(value: Any) -> Any:
+    """A copy of ``value`` with tuples as lists and mappings as dicts, as ``json.loads`` returns it."""
+    if isinstance(value, Mapping):
+        return {key: _json_shaped(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_shaped(item) for item in value]
+    return value
 
 
 # ----- building a report ------------------------------------------------------------------------
@@ -516,8 +400,6 @@ def compare(
     their runs. With ``data`` (a labelled dataset, see ``ghostify.evaluate.image_folder``) it
     also measures top-1 accuracy of both and how often they agree. Neither model is changed.
     """
-    from . import __version__  # here, not at import time: ghostify/__init__ may import this module
-
     plan = _require_plan(converted)
     mismatch = plan.base_model_mismatch(original)
     if mismatch:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,27 @@ RECIPE_FORMAT = "ghostify.recipe"
 RECIPE_VERSION = 1
 
 
-def write_model_files(model: nn.Module, directory: Path, *, base_model: str | None) -> None:
-    """Write ``model.safetensors`` and ``ghostify.json`` into an existing ``directory``."""
+def _recorded_path(path: str | Path, directory: Path) -> str:
+    """``path`` as stored in a recipe written to ``directory``: relative to it when possible, else absolute."""
+    absolute = Path(path).expanduser().absolute()
+    try:
+        return Path(os.path.relpath(absolute, Path(directory).absolute())).as_posix()
+    except ValueError:  # another drive (Windows)
+        return str(absolute)
+
+
+def write_model_files(
+    model: nn.Module, directory: Path, *, base_model: str | None, base_checkpoint: str | Path | None = None,
+    base_pretrained: bool = False, inputs: dict[str, Any] | None = None,
+) -> None:
+    """Write ``model.safetensors`` and ``ghostify.json`` into an existing ``directory``.
+
+    ``base_checkpoint``: the weights the base model was loaded from (recorded relative to
+    ``directory`` when possible), so that ``ghostify distill`` can rebuild the original model as
+    its teacher; ``base_pretrained``: the base model had its source's pretrained weights.
+    ``inputs``: the input settings given explicitly (``input_size``, ``mean``, ``std``; None where
+    the model's own apply), so that later runs on the model read images the same way.
+    """
     from . import __version__
 
     plan = get_plan(model)
@@ -38,20 +58,31 @@ def write_model_files(model: nn.Module, directory: Path, *, base_model: str | No
         "format_version": RECIPE_VERSION,
         "ghostify_version": __version__,
         "base_model": base_model,
+        "base_checkpoint": _recorded_path(base_checkpoint, directory) if base_checkpoint is not None else None,
+        "base_pretrained": bool(base_pretrained),
+        "inputs": {key: list(value) if value is not None else None for key, value in (inputs or {}).items()},
         "plan": plan.to_dict(),
     }
     save_model(model, str(directory / WEIGHTS_FILE))
     (directory / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
 
 
-def save(model: nn.Module, directory: str | Path, *, base_model: str | None = None, force: bool = False) -> Path:
+def save(
+    model: nn.Module, directory: str | Path, *, base_model: str | None = None, force: bool = False,
+    base_checkpoint: str | Path | None = None, base_pretrained: bool = False, inputs: dict[str, Any] | None = None,
+) -> Path:
     """Save a converted model to ``directory`` atomically.
 
     ``base_model`` is the spec ``load`` rebuilds the architecture from (``"timm:resnet50"``,
     ``"path/to/file.py:make_model"``); without it, ``load`` needs ``base_model=`` at load time.
+    ``base_checkpoint`` / ``base_pretrained``: where the base model's weights came from (a
+    checkpoint file / the source's pretrained weights), recorded so that the original model can be
+    rebuilt later, e.g. as the teacher of ``ghostify distill``; ``inputs``: the input size, mean and
+    std the model works with, where they differ from what the base model declares.
     """
     with atomic_directory(directory, force=force) as staging:
-        write_model_files(model, staging, base_model=base_model)
+        write_model_files(model, staging, base_model=base_model, base_checkpoint=base_checkpoint, base_pretrained=base_pretrained,
+                          inputs=inputs)
     return Path(directory)
 
 
@@ -74,6 +105,42 @@ def read_recipe(directory: str | Path) -> dict[str, Any]:
     if version > RECIPE_VERSION:
         raise CheckpointError(f"{path} was written by a newer ghostify ({recipe.get('ghostify_version')}); upgrade ghostify.")
     return recipe
+
+
+def base_weights(directory: str | Path, recipe: dict[str, Any] | None = None) -> tuple[Path | None, bool]:
+    """(checkpoint, pretrained) of the base model a saved directory was converted from.
+
+    The checkpoint path is resolved against ``directory`` (recipes store it relative to it); it is
+    None when the recipe records none (random or pretrained weights, or a recipe older than this
+    field). ``CheckpointError`` if the recipe holds a malformed value.
+    """
+    recipe = read_recipe(directory) if recipe is None else recipe
+    recorded, pretrained = recipe.get("base_checkpoint"), recipe.get("base_pretrained", False)
+    if recorded is not None and (not isinstance(recorded, str) or not recorded):
+        raise CheckpointError(f"{Path(directory) / RECIPE_FILE} holds a malformed base_checkpoint {recorded!r}.")
+    if not isinstance(pretrained, bool):
+        raise CheckpointError(f"{Path(directory) / RECIPE_FILE} holds a malformed base_pretrained {pretrained!r}.")
+    if recorded is None:
+        return None, pretrained
+    return Path(os.path.normpath(Path(directory).expanduser().absolute() / Path(recorded).expanduser())), pretrained
+
+
+def recorded_inputs(directory: str | Path, recipe: dict[str, Any] | None = None) -> dict[str, tuple | None]:
+    """The input settings a saved directory records (``input_size``, ``mean``, ``std``; None = the model's own).
+
+    Recipes older than this field, and malformed entries, give None for every setting.
+    """
+    recipe = read_recipe(directory) if recipe is None else recipe
+    recorded = recipe.get("inputs")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    found: dict[str, tuple | None] = {}
+    for key, kind in (("input_size", int), ("mean", (int, float)), ("std", (int, float))):
+        value = recorded.get(key)
+        ok = isinstance(value, list) and value and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+        found[key] = tuple(value) if ok else None
+    if found["input_size"] is not None and len(found["input_size"]) != 3:
+        found["input_size"] = None
+    return found
 
 
 def load(directory: str | Path, base_model: nn.Module | str | None = None, *, trust_checkpoint: bool = False) -> nn.Module:

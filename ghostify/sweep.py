@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
@@ -17,7 +17,9 @@ from .config import GhostConfig
 from .convert import convert
 from .errors import ConfigError, GhostifyError
 from .formatting import MISSING, human_count, ratio_text
-from .report import ComparisonReport, check_schema, compare, render_text
+from .report import ComparisonReport, check_schema, compare
+from .report_html import render_html
+from .report_render import NOT_AVAILABLE, render_text
 
 SWEEP_SCHEMA = "ghostify.sweep"
 SWEEP_SCHEMA_VERSION = 1
@@ -29,6 +31,8 @@ class SweepReport:
 
     model: str
     reports: list[ComparisonReport]
+
+    SCHEMA: ClassVar[str] = SWEEP_SCHEMA
 
     @property
     def ratios(self) -> list[int]:
@@ -78,15 +82,19 @@ class SweepReport:
         """``rows()`` as text, one list per row in ``SUMMARY_HEADERS`` order (terminal, Markdown, HTML)."""
         rows = self.rows()
         base_macs = rows[0]["macs"]
+        # with accuracy measured, a missing top-1 means unlabelled images: "n/a", not "-"
+        measured = any(report.accuracy is not None for report in self.reports)
 
         def percent(value: float | None) -> str:
-            return MISSING if value is None else f"{value:.1%}"
+            if value is None:
+                return NOT_AVAILABLE if measured else MISSING
+            return f"{value:.1%}"
 
         return [[
             "original" if row["ratio"] == 1 else f"s={row['ratio']}",
             human_count(row["params"]), human_count(row["macs"]),
             MISSING if row["ratio"] == 1 or not row["macs"] else ratio_text(base_macs / row["macs"], "fewer", "more"),
-            percent(row["top1"]), percent(row["agreement"]),
+            percent(row["top1"]), MISSING if row["ratio"] == 1 else percent(row["agreement"]),
             MISSING if row["latency_ms"] is None else f"{row['latency_ms']:.2f} ms",
         ] for row in rows]
 
@@ -114,8 +122,6 @@ class SweepReport:
 
     def save(self, directory: str | Path) -> list[Path]:
         """Write ``sweep.json``, ``sweep.md`` and ``sweep.html`` into ``directory``."""
-        from .report_html import render_html
-
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
         paths = [target / "sweep.json", target / "sweep.md", target / "sweep.html"]

@@ -2,11 +2,13 @@
 
 How channels are chosen and ordered:
 
-1. Filters are visited in order of decreasing L2 norm. The strongest filter not yet taken
-   becomes an *intrinsic* map (its filter is copied into the primary conv, so that output
-   channel reproduces the original exactly) and claims the ``s - 1`` untaken filters most
-   similar to it (largest ``|cosine|``) as its *ghosts*. This repeats until every filter is
-   taken, which makes exactly ``m = ceil(n / s)`` intrinsic maps.
+1. Every filter is tried as the source of its most similar filters (top ``|cosine|`` candidates):
+   the *gain* of a pair is the share of the ghost filter that "cheap kernel composed with the
+   source filter" can reproduce (the R^2 of the least-squares fit of step 2). ``group_channels``
+   then picks sources greedily by total gain; each source is copied exactly into the primary conv
+   (that output channel reproduces the original) and its ``s - 1`` best free filters become its
+   ghosts. Calibration (``ghostify.calibrate``) uses the same grouping on correlations of real
+   layer outputs.
 2. Each ghost's depthwise ``d x d`` kernel is the least-squares fit that makes "cheap kernel
    composed with the intrinsic filter" closest to the ghost's original filter (the composition
    accounts for the primary conv's stride and dilation). Bias is matched in the interior.
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,6 +36,21 @@ class ChannelAssignment:
     sources: list[int]
     ghosts: list[list[int]]
 
+    @classmethod
+    def from_out_index(cls, out_index: torch.Tensor, ratio: int) -> ChannelAssignment:
+        """The assignment a ghost module's ``out_index`` encodes (inverse of ``out_index()``)."""
+        positions = out_index.tolist()
+        m = -(-len(positions) // ratio)
+        sources = [0] * m
+        slots: list[dict[int, int]] = [{} for _ in range(m)]
+        for channel, position in enumerate(positions):
+            if position < m:
+                sources[position] = channel
+            else:
+                group, slot = divmod(position - m, ratio - 1)
+                slots[group][slot] = channel
+        return cls(sources, [[group[k] for k in sorted(group)] for group in slots])
+
     def out_index(self, out_channels: int, ratio: int) -> torch.Tensor:
         """Position in ``cat([intrinsic, ghosts])`` of each original output channel."""
         index = torch.empty(out_channels, dtype=torch.long)
@@ -46,26 +62,91 @@ class ChannelAssignment:
         return index
 
 
-def assign_channels(weight: torch.Tensor, ratio: int) -> ChannelAssignment:
-    """Greedy grouping of a conv's filters into intrinsic maps and their ghosts (module docstring, step 1)."""
-    n = weight.shape[0]
-    flat = weight.detach().reshape(n, -1).double().cpu()
-    norms = flat.norm(dim=1)
-    unit = flat / norms.clamp_min(1e-12)[:, None]
-    similarity = (unit @ unit.T).abs().numpy()
-    taken = np.zeros(n, dtype=bool)
+def group_channels(gain: torch.Tensor, ratio: int) -> ChannelAssignment:
+    """Sources and their ghosts from ``gain[i, j]``: the share (0..1) of channel ``j`` reproduced as a ghost of ``i``.
+
+    Greedy: take the source whose ``ratio - 1`` best free channels add the most gain, give it those
+    channels, repeat until every channel is taken (exactly ``ceil(n / ratio)`` sources).
+    Ties go to the lower channel index, so the result is deterministic.
+    """
+    n = gain.shape[0]
+    gain = gain.detach().double().cpu().clone()
+    gain.fill_diagonal_(float("-inf"))  # a channel is never its own ghost
+    masked = gain.clone()  # gain with the taken channels' columns at -inf
+    free = torch.ones(n, dtype=torch.bool)
+    remaining = n
+    k = min(ratio - 1, n - 1)
+    top_values = top_indices = None
+    if k > 0:  # each row's best k free channels, kept up to date lazily
+        top = masked.topk(k, dim=1)
+        top_values, top_indices = top.values.sum(dim=1), top.indices
     sources: list[int] = []
     ghosts: list[list[int]] = []
-    for src in torch.argsort(-norms, stable=True).tolist():
-        if taken[src]:
-            continue
-        taken[src] = True
-        free = np.flatnonzero(~taken)
-        picked = free[np.argsort(-similarity[src, free], kind="stable")[: ratio - 1]].tolist()
-        taken[picked] = True
-        sources.append(src)
-        ghosts.append(picked)
+    while remaining:
+        k_now = min(ratio - 1, remaining - 1)
+        if k_now == 0:
+            source, picked = int(torch.nonzero(free)[0]), []
+        else:
+            if k_now < k:  # the last group is short: rank the free rows by their k_now best
+                top = masked[free].topk(k_now, dim=1)
+                rows = torch.nonzero(free).flatten()
+                top_values = torch.full((n,), float("-inf"), dtype=torch.float64)
+                top_values[rows] = top.values.sum(dim=1)
+                top_indices = torch.zeros(n, k_now, dtype=torch.long)
+                top_indices[rows] = top.indices
+                k = k_now
+            values = top_values.masked_fill(~free, float("-inf"))
+            source = int(torch.nonzero(values == values.max())[0])  # ties: the lowest channel
+            picked = top_indices[source].tolist()
+        sources.append(source)
+        ghosts.append(sorted(picked, key=lambda j: -float(gain[source, j])))
+        taken = [source, *picked]
+        free[taken] = False
+        remaining -= len(taken)
+        masked[:, taken] = float("-inf")
+        if remaining - 1 >= k > 0:  # (else the next, last and short, group re-ranks every free row)
+            # only the rows whose best k held a channel just taken change
+            rows = torch.nonzero(free & torch.isin(top_indices, torch.tensor(taken)).any(dim=1)).flatten()
+            if len(rows):
+                top = masked[rows].topk(k, dim=1)
+                top_values[rows], top_indices[rows] = top.values.sum(dim=1), top.indices
     return ChannelAssignment(sources, ghosts)
+
+
+def assign_channels(
+    weight: torch.Tensor,
+    ratio: int,
+    dw_size: int = 3,
+    stride: tuple[int, int] = (1, 1),
+    dilation: tuple[int, int] = (1, 1),
+    candidates: int = 16,
+) -> ChannelAssignment:
+    """Data-free grouping of a conv's filters (module docstring, step 1).
+
+    Only the ``candidates`` most similar filters (``|cosine|``) of each filter are fitted, which
+    keeps the cost at ``O(n * candidates)`` filter fits.
+    """
+    n = weight.shape[0]
+    flat = weight.detach().reshape(n, -1).double().cpu()
+    unit = flat / flat.norm(dim=1).clamp_min(1e-12)[:, None]
+    similarity = (unit @ unit.T).abs()
+    similarity.fill_diagonal_(-1.0)
+    k = min(max(candidates, ratio - 1), n - 1)
+    gain = torch.zeros(n, n, dtype=torch.float64)
+    if k > 0:
+        nearest = similarity.topk(k, dim=1).indices
+        src = torch.arange(n).repeat_interleave(k)
+        dst = nearest.reshape(-1)
+        if weight.shape[-2:] == (1, 1):  # a 1x1 filter overlaps none of its shifted copies: R^2 = cos^2
+            dead = flat.norm(dim=1)[dst] == 0  # (a dead filter is any filter's exact ghost, as in the fit)
+            explained = torch.where(dead, torch.ones_like(similarity[src, dst]), similarity[src, dst] ** 2)
+        else:
+            filters = _dilate(weight.detach().float().cpu(), dilation)
+            _, residual, energy = _fit_pairs(filters, src, dst, stride, dw_size)
+            explained = torch.where(energy > 0, 1 - residual / energy.clamp_min(1e-30), torch.ones_like(energy))
+        # a little cosine keeps the order sensible among filters no kernel can reproduce
+        gain[src, dst] = explained.clamp(0, 1) + 1e-3 * similarity[src, dst]
+    return group_channels(gain, ratio)
 
 
 def _dilate(filters: torch.Tensor, dilation: tuple[int, int]) -> torch.Tensor:
@@ -88,6 +169,44 @@ def _correlations(a: torch.Tensor, b: torch.Tensor, stride: tuple[int, int], dw_
     return F.conv2d(padded, a, stride=stride, groups=pairs)[0]
 
 
+def _fit_pairs(
+    filters: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, stride: tuple[int, int], dw_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Least-squares cheap kernels making ``h * filters[src]`` closest to ``filters[dst]``, pair by pair.
+
+    A ghost computed as ``h * (W_src * x)`` equals ``(h composed with W_src) * x``, a filter that is
+    a sum of copies of ``W_src`` shifted by ``stride * (u, v)`` and weighted by ``h[u, v]``. Fitting
+    it to ``W_dst`` is linear least squares in ``h``; its normal equations only need the
+    correlations of the filters at those shifts, so no design matrix is built.
+
+    ``filters``: (N, C, H, W), already dilated. Returns the kernels (P, d*d), each pair's squared
+    residual and the energy ``||W_dst||^2`` (float64).
+    """
+    d = dw_size
+    taps = torch.arange(d)
+    tap_u, tap_v = taps.repeat_interleave(d), taps.repeat(d)  # tap q = (u, v), row-major
+    # Gram[q, q'] = C_src,src(tap_q - tap_q'); moment[q] = C_src,dst(tap_q - center)
+    gram_y, gram_x = tap_u[:, None] - tap_u[None, :] + d - 1, tap_v[:, None] - tap_v[None, :] + d - 1
+    moment_y, moment_x = tap_u - d // 2 + d - 1, tap_v - d // 2 + d - 1
+    unique_src, src_slot = torch.unique(src, return_inverse=True)
+    self_corr = torch.cat([
+        _correlations(filters[chunk], filters[chunk], stride, d) for chunk in unique_src.split(_PAIR_CHUNK)
+    ])
+    gram = self_corr[:, gram_y, gram_x].double()[src_slot]  # (P, d*d, d*d)
+    # float32 correlations (the fast conv path), float64 normal equations
+    cross = torch.cat([
+        _correlations(filters[s_idx], filters[d_idx], stride, d)
+        for s_idx, d_idx in zip(src.split(_PAIR_CHUNK), dst.split(_PAIR_CHUNK))
+    ])
+    moments = cross[:, moment_y, moment_x].double()  # (P, d*d)
+    ridge = (1e-9 * gram.diagonal(dim1=1, dim2=2).mean(dim=1) + 1e-30)[:, None, None] * torch.eye(d * d)
+    solution = torch.linalg.solve(gram + ridge, moments)  # ridge for dead filters
+    energy = filters[dst].double().pow(2).flatten(1).sum(1)
+    # ||A h - t||^2 = t.t - 2 h.A't + h.A'A h
+    residual = energy - 2 * (solution * moments).sum(1) + (solution * (gram @ solution[..., None])[..., 0]).sum(1)
+    return solution, residual.clamp_min(0), energy
+
+
 def fit_cheap_kernels(
     weight: torch.Tensor,
     assignment: ChannelAssignment,
@@ -96,51 +215,25 @@ def fit_cheap_kernels(
     stride: tuple[int, int],
     dilation: tuple[int, int],
 ) -> tuple[torch.Tensor, float]:
-    """Least-squares depthwise kernels for every ghost (module docstring, step 2).
-
-    A ghost computed as ``h * (W_src * x)`` equals ``(h composed with W_src) * x``, a filter that is
-    a sum of copies of ``W_src`` shifted by ``stride * (u, v)`` and weighted by ``h[u, v]``. Fitting
-    it to ``W_ghost`` is linear least squares in ``h``; its normal equations only need the
-    correlations of the filters at those shifts, so no design matrix is built.
+    """Least-squares depthwise kernels for every ghost (module docstring, step 2; see ``_fit_pairs``).
 
     Returns the cheap conv's weight, shape ``(m * (ratio - 1), 1, d, d)``, and the fit's relative
     error ``||fitted - original|| / ||original||`` over all ghost filters (0 = exact; it comes from float32
     correlations, so anything below ~1e-3 means exact).
     """
-    # float32 correlations (the fast conv path), float64 normal equations
     filters = _dilate(weight.detach().float().cpu(), dilation)
     d, slots, m = dw_size, ratio - 1, len(assignment.sources)
-    taps = torch.arange(d)
-    tap_u, tap_v = taps.repeat_interleave(d), taps.repeat(d)  # tap q = (u, v), row-major
-    # Gram[q, q'] = C_src,src(tap_q - tap_q'); moment[q] = C_src,ghost(tap_q - center)
-    gram_y, gram_x = tap_u[:, None] - tap_u[None, :] + d - 1, tap_v[:, None] - tap_v[None, :] + d - 1
-    moment_y, moment_x = tap_u - d // 2 + d - 1, tap_v - d // 2 + d - 1
-
-    sources = torch.tensor(assignment.sources)
-    self_corr = torch.cat([
-        _correlations(filters[chunk], filters[chunk], stride, d) for chunk in sources.split(_PAIR_CHUNK)
-    ])
-    gram = self_corr[:, gram_y, gram_x].double()  # (m, d*d, d*d)
-    ridge = (1e-9 * gram.diagonal(dim1=1, dim2=2).mean(dim=1) + 1e-30)[:, None, None] * torch.eye(d * d)
-
+    kernels = torch.zeros(m, slots, d * d, dtype=torch.float64)
     pair_src = torch.tensor([i for i, g in enumerate(assignment.ghosts) for _ in g], dtype=torch.long)
     pair_ghost = torch.tensor([j for g in assignment.ghosts for j in g], dtype=torch.long)
     pair_slot = torch.tensor([k for g in assignment.ghosts for k in range(len(g))], dtype=torch.long)
-    kernels = torch.zeros(m, slots, d * d, dtype=torch.float64)
     if len(pair_ghost) == 0:
         return kernels.reshape(m * slots, 1, d, d).float(), 0.0
-    cross = torch.cat([
-        _correlations(filters[sources[s_idx]], filters[g_idx], stride, d)
-        for s_idx, g_idx in zip(pair_src.split(_PAIR_CHUNK), pair_ghost.split(_PAIR_CHUNK))
-    ])
-    moments = cross[:, moment_y, moment_x].double()  # (pairs, d*d)
-    pair_gram = gram[pair_src]
-    solution = torch.linalg.solve(pair_gram + ridge[pair_src], moments)  # (pairs, d*d); ridge for dead filters
-    energy = filters[pair_ghost].double().pow(2).sum()
-    # ||A h - t||^2 = t.t - 2 h.A't + h.A'A h
-    residual = energy - 2 * (solution * moments).sum() + (solution * (pair_gram @ solution[..., None])[..., 0]).sum()
+    sources = torch.tensor(assignment.sources)
+    solution, residual, energy = _fit_pairs(filters, sources[pair_src], pair_ghost, stride, d)
     kernels[pair_src, pair_slot] = solution
-    rel_error = float((residual.clamp_min(0) / energy) ** 0.5) if energy > 0 else 0.0
+    total = energy.sum()
+    rel_error = float((residual.sum() / total) ** 0.5) if total > 0 else 0.0
     return kernels.reshape(m * slots, 1, d, d).float(), rel_error
 
 
@@ -148,7 +241,7 @@ def fit_cheap_kernels(
 def transfer_weights(conv: nn.Conv2d, ghost: GhostConv2d) -> float:
     """Initialise ``ghost`` from ``conv`` (module docstring) and return the relative fit error of the ghost filters."""
     ratio = ghost.ratio
-    assignment = assign_channels(conv.weight, ratio)
+    assignment = assign_channels(conv.weight, ratio, ghost.dw_size, conv.stride, conv.dilation)
     kernels, rel_error = fit_cheap_kernels(
         conv.weight, assignment, ratio, ghost.dw_size, conv.stride, conv.dilation
     )

@@ -51,7 +51,7 @@ def test_convert_user_model_with_shared_checkpoint(resnet20_checkpoint, tmp_path
     assert f"weights from {resnet20_checkpoint}" in result.output
     assert "layer3.2.conv2" in result.output  # the --layers table
     loaded = ghostify.load(tmp_path / "r20")
-    assert sum(isinstance(m, ghostify.GhostConv2d) for m in loaded.modules()) == 19
+    assert sum(isinstance(m, ghostify.GhostConv2d) for m in loaded.modules()) == 18  # every conv but the stem (kept by default)
 
 
 def test_dry_run_and_inspect_show_the_plan() -> None:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ghostify.errors import ConfigError
 from ghostify.ghost_module import GhostConv2d, GhostConv2dBNReLU, intrinsic_channels
-from ghostify.weight_transfer import assign_channels, transfer_weights
+from ghostify.weight_transfer import ChannelAssignment, assign_channels, transfer_weights
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -122,8 +122,11 @@ def test_transfer_property(cin, cout, kernel, stride, padding, dilation, bias, r
     with torch.no_grad():
         expected, got = conv(x), ghost(x)
     assert got.shape == expected.shape
-    sources = assign_channels(conv.weight, ratio).sources
+    assignment = assign_channels(conv.weight, ratio, dw_size, conv.stride, conv.dilation)
+    assert ChannelAssignment.from_out_index(ghost.out_index, ratio) == assignment
+    sources = assignment.sources
     assert len(sources) == math.ceil(cout / ratio)
+    torch.testing.assert_close(ghost.primary.weight, conv.weight[sources])
     torch.testing.assert_close(got[:, sources], expected[:, sources], atol=1e-5, rtol=1e-5)
 
 

@@ -72,13 +72,18 @@ def _check_converted(zoo: Zoo, name: str) -> tuple[nn.Module, nn.Module]:
     n_convs = CONV_COUNTS[name.split("-")[1]]
     assert plan.trace == "fx" and plan.trace_note is None
     assert len(plan.layers) == n_convs
-    assert len(plan.converted) == n_convs, [(l.name, l.reason) for l in plan.skipped]
-    assert all(l.ratio == 2 and l.call_sites == 1 and l.kind == "module" for l in plan.layers)
+    assert all(l.call_sites == 1 and l.kind == "module" for l in plan.layers)
+    # every conv but the stem (kept by default, as in the paper)
     assert [l.name for l in plan.layers][0] == "conv1"
-    assert all(l.fit_error is not None and 0.0 < l.fit_error < 1.0 for l in plan.layers)
+    assert [(l.name, l.reason, l.ratio) for l in plan.skipped] == [("conv1", "stem conv (skip_stem)", 1)]
+    assert plan.layer("conv1").eligible and plan.layer("conv1").fit_error is None
+    assert len(plan.converted) == n_convs - 1
+    assert all(l.ratio == 2 for l in plan.converted)
+    assert all(l.fit_error is not None and 0.0 < l.fit_error < 1.0 for l in plan.converted)
     assert {l.name for l in plan.layers} == set(conv_names(model))
     ghosts = [n for n, m in converted.named_modules() if isinstance(m, GhostConv2d)]
-    assert sorted(ghosts) == sorted(conv_names(model))
+    assert sorted(ghosts) == sorted(set(conv_names(model)) - {"conv1"})
+    assert type(converted.conv1) is nn.Conv2d and torch.equal(converted.conv1.weight, model.conv1.weight)
     assert type(converted) is type(model)
 
     converted.eval()
@@ -111,9 +116,12 @@ def test_resnet18_converts(zoo, name):
         if isinstance(module, GhostConv2d):
             for p in (module.primary.weight, module.cheap.weight):
                 assert p.grad is not None and torch.isfinite(p.grad).all()
-    # (timm zero-initialises each block's last BN, so inner blocks may get zero gradients)
-    assert trainable.conv1.primary.weight.grad.abs().sum() > 0
-    assert trainable.conv1.cheap.weight.grad.abs().sum() > 0
+    # (timm zero-initialises each block's last BN, so inner blocks may get zero gradients; the
+    # shortcut's downsample conv always gets some)
+    shortcut = trainable.layer2[0].downsample[0]
+    assert isinstance(shortcut, GhostConv2d)
+    assert shortcut.primary.weight.grad.abs().sum() > 0
+    assert shortcut.cheap.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("name", ["tv-resnet50", "timm-resnet50"])
@@ -121,11 +129,29 @@ def test_resnet50_converts(zoo, name):
     _check_converted(zoo, name)
 
 
+def _expected_params(model: nn.Module, ratio: int, dw_size: int = 3, kept: tuple[str, ...] = ("conv1",)) -> int:
+    """Parameters after converting every conv but ``kept``: a ghost module has a primary conv with
+    ceil(n/s) filters and a depthwise conv with (s-1) d x d kernels per intrinsic map."""
+    total = n_params(model)
+    for name, conv in model.named_modules():
+        if type(conv) is not nn.Conv2d or name in kept:
+            continue
+        m = -(-conv.out_channels // ratio)
+        kh, kw = conv.kernel_size
+        ghost = m * conv.in_channels * kh * kw + m * (ratio - 1) * dw_size * dw_size
+        if conv.bias is not None:
+            ghost += m + m * (ratio - 1)
+        total += ghost - sum(p.numel() for p in conv.parameters())
+    return total
+
+
 def test_resnet50_param_counts(zoo):
     model, _, half = zoo.get("timm-resnet50", 2)
     assert n_params(model) == 25_557_032
-    assert 13_800_000 <= n_params(half) <= 14_100_000
+    # the stem (3->64, 7x7: 9,408 parameters) is kept; the README's 13.95 M is unchanged at 2 decimals
+    assert n_params(half) == _expected_params(model, 2) == 13_953_512
     _, _, quarter = zoo.get("timm-resnet50", 4, init="random")  # counts do not depend on the init
+    assert n_params(quarter) == _expected_params(model, 4)
     assert 8_000_000 <= n_params(quarter) <= 8_250_000
     assert all(l.ratio == 4 for l in ghostify.get_plan(quarter).converted)
 
@@ -134,7 +160,10 @@ def test_reconverting_a_converted_model_finds_no_convs(zoo):
     _, _, converted = zoo.get("tv-resnet18")
     plan = ghostify.plan_conversion(converted)
     assert plan.trace == "fx"
-    assert plan.layers == []  # the convs inside ghost modules are not offered again
+    # the convs inside ghost modules are not offered again: only the kept stem is left, and kept
+    assert [l.name for l in plan.layers] == ["conv1"]
+    assert plan.converted == [] and plan.layer("conv1").reason == "stem conv (skip_stem)"
+    assert [l.name for l in ghostify.plan_conversion(converted, skip_stem=False).converted] == ["conv1"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +219,10 @@ def test_awkward_model_plan():
     assert [l.name for l in plan.layers] == [
         "stem", "shared", "a", "weight (functional)", "dw", "custom", "plain", "head", "unused"
     ]
-    assert [l.name for l in plan.converted] == ["stem", "shared", "a", "plain", "head"]
+    assert [l.name for l in plan.converted] == ["shared", "a", "plain", "head"]
+    assert by_name["stem"].reason == "stem conv (skip_stem)" and by_name["stem"].eligible
+    everything = ghostify.plan_conversion(model, skip_stem=False)
+    assert [l.name for l in everything.converted] == ["stem", "shared", "a", "plain", "head"]
     assert [l.name for l in plan.layers if l.kind == "functional"] == ["weight (functional)"]
 
     assert by_name["shared"].call_sites == 2
@@ -224,9 +256,10 @@ def test_awkward_model_convert():
     assert isinstance(converted.a, GhostConv2d) and converted.a is converted.b
     assert isinstance(converted.shared, GhostConv2d)
     ghost_objects = {id(m) for m in converted.modules() if isinstance(m, GhostConv2d)}
-    assert len(ghost_objects) == 5  # stem, shared, a (= b), plain, head: a shared conv converts once
+    assert len(ghost_objects) == 4  # shared, a (= b), plain, head: a shared conv converts once
     named = [n for n, m in converted.named_modules(remove_duplicate=False) if isinstance(m, GhostConv2d)]
-    assert sorted(named) == ["a", "b", "head", "plain", "shared", "stem"]
+    assert sorted(named) == ["a", "b", "head", "plain", "shared"]
+    assert type(converted.stem) is nn.Conv2d  # the stem is kept by default
     assert type(converted.dw) is nn.Conv2d and type(converted.unused) is nn.Conv2d
     assert type(converted.custom) is DoubledConv
     assert converted.weight.shape == (16, 16, 3, 3)
@@ -305,19 +338,29 @@ def test_resnet18_layer_names(resnet18):
 
 @pytest.mark.parametrize("pattern", list(SELECTIONS))
 def test_include_patterns(resnet18, pattern):
-    plan = ghostify.plan_conversion(resnet18, include=[pattern])
+    plan = ghostify.plan_conversion(resnet18, include=[pattern], skip_stem=False)
     assert _converted_names(plan) == SELECTIONS[pattern]
     for layer in plan.skipped:
         assert layer.reason == "not matched by any include pattern"
         assert layer.eligible  # structurally fine, just not selected
+    # by default the stem is kept even when a pattern selects it; the rest is the same
+    default = ghostify.plan_conversion(resnet18, include=[pattern])
+    assert _converted_names(default) == [n for n in SELECTIONS[pattern] if n != "conv1"]
+    expected = "stem conv (skip_stem)" if "conv1" in SELECTIONS[pattern] else "not matched by any include pattern"
+    assert default.layer("conv1").reason == expected
 
 
 @pytest.mark.parametrize("pattern", list(SELECTIONS))
 def test_exclude_patterns(resnet18, pattern):
-    plan = ghostify.plan_conversion(resnet18, exclude=pattern)
+    plan = ghostify.plan_conversion(resnet18, exclude=pattern, skip_stem=False)
     assert _converted_names(plan) == [n for n in ALL18 if n not in SELECTIONS[pattern]]
     assert [l.name for l in plan.skipped] == SELECTIONS[pattern]
     assert all(l.reason == f"excluded by pattern {pattern!r}" for l in plan.skipped)
+    # by default the stem is kept too; an exclude pattern that names it is the reason given
+    default = ghostify.plan_conversion(resnet18, exclude=pattern)
+    assert _converted_names(default) == [n for n in ALL18[1:] if n not in SELECTIONS[pattern]]
+    expected = f"excluded by pattern {pattern!r}" if "conv1" in SELECTIONS[pattern] else "stem conv (skip_stem)"
+    assert default.layer("conv1").reason == expected
 
 
 def test_suffix_does_not_match_partial_names(resnet18):
@@ -341,7 +384,9 @@ def test_layer_ratios_first_match_wins(resnet18):
     ratios = {l.name: l.ratio for l in plan.layers}
     assert ratios["layer4.0.conv1"] == 4 and ratios["layer4.0.downsample.0"] == 4
     assert ratios["layer4.1.conv1"] == 3 and ratios["layer4.1.conv2"] == 3
-    assert ratios["layer3.1.conv2"] == 2 and ratios["conv1"] == 2
+    assert ratios["layer3.1.conv2"] == 2
+    assert ratios["conv1"] == 1 and plan.layer("conv1").reason == "stem conv (skip_stem)"  # kept by default
+    assert ghostify.plan_conversion(resnet18, config, skip_stem=False).layer("conv1").ratio == 2
     for name in ALL18[1:5]:  # layer1: ratio 1 keeps the conv
         layer = plan.layer(name)
         assert not layer.convert and layer.ratio == 1
@@ -368,15 +413,21 @@ def test_global_ratio_one_converts_nothing(resnet18):
 
 
 def test_skip_stem_and_pointwise(resnet18):
-    plan = ghostify.plan_conversion(resnet18, skip_stem=True)
-    assert [l.name for l in plan.skipped] == ["conv1"]
-    assert plan.layer("conv1").reason == "stem conv (skip_stem)" and plan.layer("conv1").eligible
+    assert GhostConfig().skip_stem is True  # the paper keeps the first conv
+    for plan in (ghostify.plan_conversion(resnet18), ghostify.plan_conversion(resnet18, skip_stem=True)):
+        assert [l.name for l in plan.skipped] == ["conv1"]
+        assert plan.layer("conv1").reason == "stem conv (skip_stem)" and plan.layer("conv1").eligible
+        assert len(plan.converted) == 20 - 1
 
-    plan = ghostify.plan_conversion(resnet18, skip_pointwise=True)
+    everything = ghostify.plan_conversion(resnet18, skip_stem=False)
+    assert _converted_names(everything) == ALL18 and everything.skipped == []
+
+    plan = ghostify.plan_conversion(resnet18, skip_stem=False, skip_pointwise=True)
     assert [l.name for l in plan.skipped] == [n for n in ALL18 if "downsample" in n]
     assert all(l.reason == "1x1 conv (skip_pointwise)" for l in plan.skipped)
 
-    both = ghostify.plan_conversion(resnet18, skip_stem=True, skip_pointwise=True)
+    both = ghostify.plan_conversion(resnet18, skip_pointwise=True)
+    assert [l.name for l in both.skipped] == ["conv1"] + [n for n in ALL18 if "downsample" in n]
     assert len(both.converted) == 20 - 1 - 3
 
 
@@ -437,12 +488,15 @@ class Small(nn.Module):
 def test_convert_in_place_vs_copy():
     torch.manual_seed(0)
     model = Small().eval()
-    copied = ghostify.convert(model)
+    copied = ghostify.convert(model, skip_stem=False)
     assert copied is not model
     assert type(model.conv1) is nn.Conv2d and type(model.conv2) is nn.Conv2d
     assert isinstance(copied.conv1, GhostConv2d) and copied.bn is not model.bn
+    default = ghostify.convert(model)  # the stem conv1 is kept
+    assert type(default.conv1) is nn.Conv2d and default.conv1 is not model.conv1
+    assert isinstance(default.conv2, GhostConv2d)
 
-    same = ghostify.convert_(model)
+    same = ghostify.convert_(model, skip_stem=False)
     assert same is model
     assert isinstance(model.conv1, GhostConv2d) and isinstance(model.conv2, GhostConv2d)
     assert ghostify.get_plan(model) is not None
@@ -464,10 +518,12 @@ def test_random_init_and_paper_variant():
     model = Small().eval()
     random = ghostify.convert(model, init="random")
     assert all(l.fit_error is None for l in ghostify.get_plan(random).converted)
-    assert random.conv1.out_index.tolist() == list(range(16))
+    assert type(random.conv1) is nn.Conv2d  # the stem is kept
+    assert random.conv2.out_index.tolist() == list(range(32))
 
     paper = ghostify.convert(model, variant="paper-bn-relu", dw_size=5, ratio=4)
-    assert isinstance(paper.conv1, ghostify.GhostConv2dBNReLU)
+    assert type(paper.conv1) is nn.Conv2d
+    assert isinstance(paper.conv2, ghostify.GhostConv2dBNReLU)
     assert paper.conv2.dw_size == 5 and paper.conv2.ratio == 4
     with torch.no_grad():
         assert paper(torch.randn(1, 3, 8, 8)).shape == (1, 32, 4, 4)

@@ -137,7 +137,7 @@ def test_functional_and_shared_convs():
             return F.conv2d(self.b(self.a(x)), self.weight)
 
     original = Mixed()
-    converted = ghostify.convert(original, ratio=2, min_channels=1, init="random")
+    converted = ghostify.convert(original, ratio=2, min_channels=1, init="random", skip_stem=False)
     report = compare(original, converted, (8, 8, 8))
     shared = next(row for row in report.layers if row.kind == "module")
     functional = next(row for row in report.layers if row.kind == "functional")
@@ -208,7 +208,7 @@ def test_resnet18_conv_rows_match_the_conv_operator(resnet_pair, resnet_report):
 
 def test_json_round_trip(tiny_report):
     payload = json.loads(tiny_report.to_json())
-    assert payload["schema"] == REPORT_SCHEMA and payload["schema_version"] == 1
+    assert payload["schema"] == REPORT_SCHEMA and payload["schema_version"] == 2
     assert payload["savings"]["params_ratio"] == pytest.approx(tiny_report.params_ratio)
     assert ComparisonReport.from_dict(payload) == tiny_report
     assert ComparisonReport.from_json(tiny_report.to_json(indent=None)) == tiny_report
@@ -281,6 +281,6 @@ def test_layer_row_saved_macs():
 
 
 def test_compare_refuses_a_converted_model_of_another_original():
-    converted = ghostify.convert(torchvision.models.resnet18(), ratio=2, init="random")
+    converted = ghostify.convert(torchvision.models.resnet18(), ratio=2, init="random", skip_stem=False)
     with pytest.raises(GhostifyError, match="was not made from the original one: layer conv1 should be a Conv2d 3->64"):
         ghostify.compare(nn.Sequential(nn.Conv2d(3, 8, 3)), converted, input_size=(3, 32, 32))

@@ -10,7 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ghostify.ghost_module import GhostConv2d
-from ghostify.weight_transfer import ChannelAssignment, assign_channels, fit_cheap_kernels, transfer_weights
+from ghostify.weight_transfer import (
+    ChannelAssignment,
+    assign_channels,
+    fit_cheap_kernels,
+    group_channels,
+    transfer_weights,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -43,14 +49,117 @@ def test_assignment_partitions_channels(n, ratio):
     assert all(len(gs) == ratio - 1 for gs in assignment.ghosts[:-1])
 
 
-def test_assignment_sources_are_strongest_first():
-    torch.manual_seed(1)
-    weight = torch.randn(12, 4, 3, 3) * torch.linspace(0.5, 3.0, 12)[:, None, None, None]
-    assignment = assign_channels(weight, 3)
-    norms = weight.flatten(1).norm(dim=1)
-    assert assignment.sources[0] == int(norms.argmax())
-    for src, ghosts in zip(assignment.sources, assignment.ghosts):
-        assert all(norms[g] <= norms[src] for g in ghosts)
+def test_group_channels_takes_the_best_groups_first():
+    gain = torch.full((7, 7), 0.1, dtype=torch.float64)
+    gain[1, [4, 6]] = torch.tensor([0.8, 0.9], dtype=torch.float64)  # total 1.7: the best group
+    gain[2, [0, 5]] = torch.tensor([0.7, 0.6], dtype=torch.float64)  # total 1.3
+    gain[4, [1, 3]] = torch.tensor([0.9, 0.8], dtype=torch.float64)  # an exact tie: the lower channel (1) wins
+    assignment = group_channels(gain, 3)
+    _check_partition(assignment, 7, 3)
+    assert assignment.sources[:2] == [1, 2]
+    assert assignment.ghosts[:2] == [[6, 4], [0, 5]]  # each group's ghosts by decreasing gain
+    assert assignment.sources[2] == 3 and assignment.ghosts[2] == []  # the last channel stands alone
+
+
+def test_group_channels_ties_go_to_the_lower_channel():
+    assignment = group_channels(torch.zeros(4, 4), 2)
+    _check_partition(assignment, 4, 2)
+    assert assignment.sources[0] == 0
+    assert group_channels(torch.zeros(4, 4), 2) == assignment  # deterministic
+    assert group_channels(torch.zeros(1, 1), 2) == ChannelAssignment([0], [[]])
+
+
+@pytest.mark.parametrize("n, ratio", [(2, 2), (7, 3), (16, 4), (13, 5), (33, 2)])
+def test_group_channels_partitions_any_gain(n, ratio):
+    torch.manual_seed(n)
+    for gain in (torch.rand(n, n), torch.rand(n, n) * (torch.rand(n, n) > 0.8), -torch.rand(n, n)):
+        assignment = group_channels(gain, ratio)
+        _check_partition(assignment, n, ratio)
+        assert all(len(gs) == ratio - 1 for gs in assignment.ghosts[:-1])
+
+
+@pytest.mark.parametrize("n, ratio", [(8, 2), (13, 3), (7, 4), (5, 5), (9, 2)])
+def test_from_out_index_inverts_out_index(n, ratio):
+    torch.manual_seed(n * ratio)
+    assignment = group_channels(torch.rand(n, n), ratio)
+    index = assignment.out_index(n, ratio)
+    assert ChannelAssignment.from_out_index(index, ratio) == assignment
+
+
+def _old_strongest_first_cosine(weight: torch.Tensor, ratio: int) -> ChannelAssignment:
+    """The previous data-free grouping, kept here as a baseline: filters by decreasing norm, each
+    untaken one a source claiming its ``ratio - 1`` most |cosine|-similar untaken filters."""
+    n = weight.shape[0]
+    flat = weight.detach().reshape(n, -1).double()
+    norms = flat.norm(dim=1)
+    unit = flat / norms.clamp_min(1e-12)[:, None]
+    similarity = (unit @ unit.T).abs()
+    taken = torch.zeros(n, dtype=torch.bool)
+    sources, ghosts = [], []
+    for src in torch.argsort(-norms, stable=True).tolist():
+        if taken[src]:
+            continue
+        taken[src] = True
+        free = torch.nonzero(~taken).flatten()
+        picked = free[torch.argsort(-similarity[src, free], stable=True)[: ratio - 1]].tolist()
+        taken[picked] = True
+        sources.append(src)
+        ghosts.append(picked)
+    return ChannelAssignment(sources, ghosts)
+
+
+def _ghostable_conv(ratio: int, sources: int, seed: int, bias: bool):
+    """A cin->sources*ratio 5x5 conv whose filters are exactly ``sources`` 3x3 filters (zero-padded to
+    5x5) plus, for each, ``ratio - 1`` ghosts = a random 3x3 kernel composed with it. Ghosts are
+    *stronger* than their sources and the channel order is shuffled. Returns the conv and
+    {source channel: set of its ghost channels}."""
+    torch.manual_seed(seed)
+    cin = 4
+    sources3 = torch.randn(sources, cin, 3, 3)
+    kernels = torch.randn(sources, ratio - 1, 3, 3)  # unit-scale taps: a ghost has ~3x its source's norm
+    ghosts5 = [_compose_stride1(sources3[i], kernels[i, k]) for i in range(sources) for k in range(ratio - 1)]
+    weight = torch.cat([F.pad(sources3, (1, 1, 1, 1)), torch.stack(ghosts5)])
+    perm = torch.randperm(len(weight))
+    conv = nn.Conv2d(cin, len(weight), 5, padding=2, bias=bias)
+    with torch.no_grad():
+        conv.weight.copy_(weight[perm])
+    position = {int(orig): new for new, orig in enumerate(perm)}
+    groups = {
+        position[i]: {position[sources + i * (ratio - 1) + k] for k in range(ratio - 1)} for i in range(sources)
+    }
+    return conv, groups
+
+
+@pytest.mark.parametrize("ratio, sources, seed, bias", [(2, 6, 0, False), (2, 6, 1, True), (3, 4, 2, True), (4, 3, 3, False)])
+def test_exactly_ghostable_conv_is_reproduced(ratio, sources, seed, bias):
+    """Filters that *are* cheap kernels composed with source filters are grouped so that the fit is
+    exact and the converted conv reproduces the original, whatever the channel order and norms."""
+    conv, groups = _ghostable_conv(ratio, sources, seed, bias)
+    n = conv.out_channels
+    norms = conv.weight.detach().flatten(1).norm(dim=1)
+    assert all(norms[g] > norms[s] for s, gs in groups.items() for g in gs)  # ghosts are the strong filters
+
+    ghost = GhostConv2d.like(conv, ratio, 3)
+    error = transfer_weights(conv, ghost)
+    assert 0.0 <= error < EXACT_FIT
+    assignment = ChannelAssignment.from_out_index(ghost.out_index, ratio)
+    _check_partition(assignment, n, ratio)
+    assert {s: set(gs) for s, gs in zip(assignment.sources, assignment.ghosts)} == groups
+
+    torch.manual_seed(seed + 100)
+    x = torch.randn(2, 4, 14, 14)
+    with torch.no_grad():
+        expected, got = conv(x), ghost(x)
+    sources_idx = sorted(groups)
+    torch.testing.assert_close(got[:, sources_idx], expected[:, sources_idx], atol=1e-5, rtol=1e-5)
+    # every channel is exact away from the border (where the cheap conv zero-pads the intrinsic map)
+    torch.testing.assert_close(got[..., 2:-2, 2:-2], expected[..., 2:-2, 2:-2], atol=1e-4, rtol=1e-4)
+
+    # the previous grouping (strongest filter first, |cosine| pairing) cannot reproduce this conv
+    old = _old_strongest_first_cosine(conv.weight, ratio)
+    _check_partition(old, n, ratio)
+    _, old_error = fit_cheap_kernels(conv.weight, old, ratio, 3, (1, 1), (1, 1))
+    assert old_error > 0.3
 
 
 def _scaled_pairs(n_pairs: int, shape=(4, 3, 3), seed=0):
@@ -69,19 +178,19 @@ def _scaled_pairs(n_pairs: int, shape=(4, 3, 3), seed=0):
 @pytest.mark.parametrize("dw_size", [1, 3, 5])
 def test_scaled_pairs_are_found_and_fit_exactly(stride, dilation, dw_size):
     weight, partner = _scaled_pairs(6)
-    assignment = assign_channels(weight, 2)
+    assignment = assign_channels(weight, 2, dw_size, stride, dilation)
     _check_partition(assignment, 12, 2)
-    assert sorted(assignment.sources) == sorted(partner)  # the 2W filters are the intrinsic ones
-    for src, ghosts in zip(assignment.sources, assignment.ghosts):
-        assert ghosts == [partner[src]]
+    # W and 2W reproduce each other exactly: either may be the intrinsic one, but they pair up
+    pairs = {frozenset(p) for p in partner.items()}
+    assert {frozenset([src, *ghosts]) for src, ghosts in zip(assignment.sources, assignment.ghosts)} == pairs
 
     kernels, error = fit_cheap_kernels(weight, assignment, 2, dw_size, stride, dilation)
     assert kernels.shape == (6, 1, dw_size, dw_size)
     assert error < EXACT_FIT
-    expected = torch.zeros(dw_size, dw_size)
-    expected[dw_size // 2, dw_size // 2] = 0.5  # ghost = 0.5 * source
-    for kernel in kernels:
-        torch.testing.assert_close(kernel[0], expected, atol=1e-6, rtol=0)
+    for kernel, src in zip(kernels, assignment.sources):
+        expected = torch.zeros(dw_size, dw_size)
+        expected[dw_size // 2, dw_size // 2] = 0.5 if src in partner else 2.0  # ghost = scale * source
+        torch.testing.assert_close(kernel[0], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_scaled_pair_transfer_is_exact_everywhere():
@@ -181,7 +290,7 @@ def test_composed_filters_stride2_exact():
                 weight[pairs + i, :, 2 * u, 2 * v] = k[u, v] * w
     with torch.no_grad():
         conv.weight.copy_(weight)
-    assignment = assign_channels(conv.weight, 2)
+    assignment = assign_channels(conv.weight, 2, 3, conv.stride, conv.dilation)
     assert sorted(assignment.sources) == list(range(pairs))
     assert all(g == [pairs + s] for s, g in zip(assignment.sources, assignment.ghosts))
 
@@ -219,8 +328,9 @@ def test_converted_conv_keeps_channel_order(n, ratio, stride):
     conv = nn.Conv2d(6, n, 3, stride=stride, padding=1)
     ghost = GhostConv2d.like(conv, ratio)
     transfer_weights(conv, ghost)
-    assignment = assign_channels(conv.weight, ratio)
+    assignment = assign_channels(conv.weight, ratio, ghost.dw_size, conv.stride, conv.dilation)
     assert ghost.out_index.tolist() == assignment.out_index(n, ratio).tolist()
+    assert ChannelAssignment.from_out_index(ghost.out_index, ratio) == assignment
     assert ghost.out_index.tolist() != list(range(n))  # random filters: the order is not the default
     x = torch.randn(2, 6, 12, 12)
     with torch.no_grad():

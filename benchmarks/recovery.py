@@ -1,0 +1,118 @@
+"""How much accuracy calibration and distillation recover, and how long they take.
+
+Converts a pretrained CIFAR-10 ResNet from ``../shared`` (stem kept), then measures top-1 and
+teacher agreement on ``test/`` after each stage: data-free start, calibration (on ``train/``),
+distillation (on ``train/`` + ``val/``). Wall-clock times are for the whole stage on this machine.
+
+    python benchmarks/recovery.py --model resnet20 --ratio 2 --minutes 5
+    python benchmarks/recovery.py --model resnet32 --ratio 2 --epochs 40 --device cuda
+    python benchmarks/recovery.py --model resnet20 --ratio 2 --calibrate-only
+
+``--minutes`` sets the number of epochs from a timed probe so that the whole run (conversion,
+calibration, distillation) fits the budget; ``--epochs`` fixes it instead. Hyper-parameters
+were chosen on ``val/`` (with ``--tune``: distil on ``train/`` only and report on ``val/``); the
+numbers quoted in the README come from runs on ``test/`` that were not used for any choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import ghostify  # noqa: E402
+from ghostify.data import ImageFiles, InputPipeline  # noqa: E402
+from ghostify.distill import agreement_and_accuracy, distill  # noqa: E402
+
+CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th"}
+CIFAR = InputPipeline((3, 32, 32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("GHOSTIFY_SHARED", ROOT.parent / "shared"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(CHECKPOINTS), default="resnet20")
+    parser.add_argument("--ratio", type=int, default=2)
+    parser.add_argument("--minutes", type=float, default=None, help="time budget for the whole run")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--calibrate-only", action="store_true")
+    parser.add_argument("--tune", action="store_true", help="distil on train/ only and measure on val/ (for choosing settings)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a DistillConfig field, e.g. lr=0.02")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("GHOSTIFY_THREADS", torch.get_num_threads())))
+
+    shared = shared_dir()
+    data = shared / "data" / "cifar10"
+    train = [data / "train"] if args.tune else [data / "train", data / "val"]
+    held_out = ImageFiles([data / ("val" if args.tune else "test")], CIFAR.transform())
+    options = {k: json.loads(v) if v[:1].isdigit() or v in ("true", "false") else v
+               for k, v in (item.split("=", 1) for item in args.set)}
+
+    start = time.perf_counter()
+    teacher = ghostify.resolve_model(str(ROOT / "examples" / "cifar_resnet.py") + f":{args.model}",
+                                     checkpoint=shared / "weights" / CHECKPOINTS[args.model]).model.eval()
+    student = ghostify.convert(teacher, ratio=args.ratio)
+    rows = []
+
+    def measure(stage: str) -> None:
+        agreement, top1, teacher_top1 = agreement_and_accuracy(student, teacher, held_out)
+        rows.append({"stage": stage, "top1": top1, "teacher_top1": teacher_top1, "agreement": agreement,
+                     "elapsed_s": round(time.perf_counter() - start, 1)})
+        print(f"{stage:<24} top-1 {top1:6.1%} (teacher {teacher_top1:.1%}, {(top1 - teacher_top1) * 100:+.1f} pts)  "
+              f"agreement {agreement:6.1%}  elapsed {rows[-1]['elapsed_s']:7.1f} s", flush=True)
+
+    measure("converted (data-free)")
+    calibration = ghostify.calibrate(student, teacher, [data / "train"], pipeline=CIFAR)
+    print(f"calibration: {calibration.images} images, {calibration.seconds:.1f} s", flush=True)
+    measure("calibrated")
+    if not args.calibrate_only:
+        epochs = args.epochs or (_epochs_for_budget(student, teacher, train, args, start, options) if args.minutes else 10)
+
+        def show(event: str, info: dict) -> None:
+            if event == "epoch":
+                print(f"  epoch {info['epoch']:3d}/{epochs}  loss {info['loss']:.3f}  train agreement {info['train_agreement']:.1%}  "
+                      f"{info['seconds']:.1f} s", flush=True)
+
+        result = distill(student, teacher, train, pipeline=CIFAR, device=args.device, progress=show, epochs=epochs, **options)
+        student.cpu()
+        print(f"distillation: {epochs} epochs, {result.seconds:.1f} s ({result.config})", flush=True)
+        measure(f"distilled ({epochs} epochs)")
+    total = time.perf_counter() - start
+    print(f"total {total / 60:.1f} min" + (f" (budget {args.minutes} min)" if args.minutes else ""))
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "total_s": total}, indent=2))
+
+
+def _epochs_for_budget(student, teacher, train, args, start: float, options: dict) -> int:
+    """Epochs that fit the rest of the budget, from the time of a short probe run on a copy."""
+    import copy
+
+    probe_images = 512
+    subset = torch.utils.data.Subset(ImageFiles(train, CIFAR.transform(train=True), seed=0), range(probe_images))
+    probe_options = {**options, "batch_size": options.get("batch_size", 128)}
+    clock = time.perf_counter()
+    distill(copy.deepcopy(student), teacher, subset, pipeline=CIFAR, device=args.device, epochs=1, **probe_options)
+    per_image = (time.perf_counter() - clock) / probe_images
+    images = sum(len(ImageFiles([root], CIFAR.transform())) for root in train)
+    epoch_s = per_image * images * 1.05
+    left = args.minutes * 60 - (time.perf_counter() - start) - 15  # the final measurement
+    epochs = max(1, int(left // epoch_s))
+    print(f"budget: {epoch_s:.1f} s per epoch -> {epochs} epochs in the {left:.0f} s left", flush=True)
+    return epochs
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,506 @@
+"""Distillation: train the ghost model to reproduce the original one on unlabelled images.
+
+The student (the converted model) and the teacher (the original) share every layer name, so
+their intermediate features pair up by name: the loss is logit KD (Hinton et al., temperature
+``T``) plus the normalised MSE between the outputs of the blocks that hold ghost modules
+(layer-wise distillation of a model with some submodules replaced), plus cross-entropy when
+labels exist and ``label_weight > 0``.
+
+Reproducible and resumable: every random choice (data order, each image's augmentation, mixup,
+dropout) is a function of (seed, epoch, step), and the checkpoint written after every epoch and
+on Ctrl-C holds everything else, so a resumed run ends bit-for-bit where an uninterrupted one
+would (on CPU). Under ``torchrun --nproc_per_node N`` each process takes 1/N of every batch and
+gradients are averaged by DistributedDataParallel (NCCL on GPUs, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .calibrate import check_teacher_fits, reconstruction_blocks
+from .data import InputPipeline, as_dataset, check_labels, sample_seed
+from .errors import ConfigError, GhostifyError
+from .ghost_module import GhostConv2d
+from .measure import resolve_device
+
+CHECKPOINT_FORMAT = "ghostify.distill-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_FILE = "distill-checkpoint.pt"
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Settings of a distillation run (all have working defaults for CIFAR- and ImageNet-sized models).
+
+    epochs / batch_size / optimizer / lr / weight_decay: AdamW (or SGD with Nesterov momentum 0.9)
+    with a one-cycle schedule (``warmup`` of the steps rising, cosine decay after). The defaults
+    were chosen on CIFAR-10 ``val/`` (benchmarks/recovery.py --tune): from a calibrated start,
+    AdamW at 3e-3 beat SGD at 0.02-0.05 and AdamW at 1e-3. temperature: softening of the logit KD.
+    logit_weight / feature_weight / label_weight: loss mix (labels used only when the data has them).
+    mixup: Beta(alpha, alpha) mixing of image pairs (0 = off). seed: every random choice derives from it.
+    amp: mixed precision on CUDA (bfloat16 where supported, else float16 with loss scaling).
+    workers: DataLoader worker processes (0 = load in the training process).
+    freeze_bn: keep BatchNorm statistics as they are (train the affine parameters only): a
+    calibrated or converted student starts on the teacher's statistics, which batch statistics
+    from small batches of few images would disturb.
+    clip_grad: largest gradient norm (0 = no clipping). Frozen statistics of nearly dead channels
+    multiply their gradients by up to 1/sqrt(eps): SGD needs clipping (2.0 works), AdamW does not.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 5e-5
+    warmup: float = 0.15
+    temperature: float = 4.0
+    logit_weight: float = 1.0
+    feature_weight: float = 5.0
+    label_weight: float = 0.0
+    mixup: float = 0.0
+    seed: int = 0
+    amp: bool = True
+    workers: int = 0
+    freeze_bn: bool = True
+    clip_grad: float = 0.0
+
+    def __post_init__(self) -> None:
+        def check(name: str, ok: bool, what: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name} must be {what}, got {getattr(self, name)!r}.")
+
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            check(name, isinstance(value, int) and not isinstance(value, bool) and value >= 1, "a whole number >= 1")
+        check("workers", isinstance(self.workers, int) and self.workers >= 0, "a whole number >= 0")
+        check("lr", self.lr > 0, "> 0")
+        check("optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}")
+        check("temperature", self.temperature > 0, "> 0")
+        check("clip_grad", self.clip_grad >= 0, ">= 0 (0 = no clipping)")
+        check("warmup", 0 <= self.warmup < 1, "in [0, 1)")
+        for name in ("weight_decay", "logit_weight", "feature_weight", "label_weight", "mixup"):
+            check(name, getattr(self, name) >= 0, ">= 0")
+        check("logit_weight", self.logit_weight + self.feature_weight + self.label_weight > 0, "positive for at least one loss")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class EpochRecord:
+    """One epoch of a distillation run: mean losses, agreement on the training batches, held-out figures."""
+
+    epoch: int
+    loss: float
+    logit_loss: float
+    feature_loss: float
+    train_agreement: float
+    lr: float
+    seconds: float
+    val_agreement: float | None = None
+    val_top1: float | None = None
+    teacher_top1: float | None = None
+
+
+@dataclass
+class DistillResult:
+    """The distilled student (the same object that was passed in) and the per-epoch history."""
+
+    student: nn.Module
+    history: list[EpochRecord] = field(default_factory=list)
+    config: DistillConfig = field(default_factory=DistillConfig)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "seconds": round(self.seconds, 1),
+                "history": [dataclasses.asdict(record) for record in self.history]}
+
+
+# --- events for progress displays ---------------------------------------------------------------
+
+ProgressCallback = Callable[[str, dict[str, Any]], None]
+
+
+# --- distributed ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _World:
+    rank: int = 0
+    size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_world(device: str | torch.device) -> _World:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1); else a world of one."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    target = resolve_device(device)
+    if size <= 1:
+        return _World(0, 1, target)
+    import torch.distributed as dist
+
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if target.type == "cuda":
+        target = torch.device("cuda", local_rank)
+        torch.cuda.set_device(target)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
+    return _World(rank, size, target)
+
+
+def _all_reduce_mean(values: torch.Tensor, world: _World) -> torch.Tensor:
+    if world.size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(values)
+        values /= world.size
+    return values
+
+
+# --- features and losses -------------------------------------------------------------------------
+
+def feature_points(student: nn.Module) -> list[str]:
+    """Names of the modules whose outputs are matched: the blocks that hold ghost modules."""
+    names = [name for name, module in student.named_modules() if isinstance(module, GhostConv2d)]
+    return reconstruction_blocks(student, names)
+
+
+@contextmanager
+def _recording(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Collect the (tensor) outputs of the named modules during forward passes."""
+    outputs: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in names:
+        def hook(_module: nn.Module, _args: Any, output: Any, name: str = name) -> None:
+            if isinstance(output, torch.Tensor):
+                outputs[name] = output
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's KD: KL(teacher || student) of temperature-softened distributions, times T^2."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits.float() / t, dim=1), F.log_softmax(teacher_logits.float() / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
+
+
+def feature_loss(student_features: dict[str, torch.Tensor], teacher_features: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean over matched modules of MSE(student, teacher) / mean(teacher^2): scale-free per layer."""
+    losses = []
+    for name, target in teacher_features.items():
+        output = student_features.get(name)
+        if output is None or output.shape != target.shape:
+            continue
+        target = target.float()
+        losses.append(F.mse_loss(output.float(), target) / target.pow(2).mean().clamp_min(1e-8))
+    if not losses:
+        return torch.zeros((), device=next(iter(teacher_features.values())).device) if teacher_features else torch.zeros(())
+    return torch.stack(losses).mean()
+
+
+def _logits(output: Any) -> torch.Tensor:
+    """The class scores of a model output (a tensor, or the first tensor of a tuple/dict)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (list, tuple)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    if isinstance(output, dict):
+        for value in output.values():
+            if isinstance(value, torch.Tensor):
+                return value
+    raise GhostifyError(f"the model returned {type(output).__name__}; distillation needs a tensor of class scores.")
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+@torch.no_grad()
+def agreement_and_accuracy(
+    student: nn.Module, teacher: nn.Module, dataset: Dataset, *, batch_size: int = 256, device: torch.device | None = None
+) -> tuple[float, float | None, float | None]:
+    """(agreement, student top-1, teacher top-1) on ``dataset``; top-1 is None without labels."""
+    device = device or next(student.parameters()).device
+    flags = student.training, teacher.training
+    student.eval(), teacher.eval()
+    agree = correct_s = correct_t = labelled = total = 0
+    try:
+        for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            images = images.to(device)
+            pred_s = _logits(student(images)).argmax(1).cpu()
+            pred_t = _logits(teacher(images)).argmax(1).cpu()
+            agree += int((pred_s == pred_t).sum())
+            known = labels >= 0
+            correct_s += int((pred_s[known] == labels[known]).sum())
+            correct_t += int((pred_t[known] == labels[known]).sum())
+            labelled += int(known.sum())
+            total += len(labels)
+    finally:
+        student.train(flags[0]), teacher.train(flags[1])
+    if total == 0:
+        raise GhostifyError("the evaluation data holds no images.")
+    top1 = (correct_s / labelled, correct_t / labelled) if labelled else (None, None)
+    return agree / total, top1[0], top1[1]
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically: a temporary file beside ``path``, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A distillation checkpoint, checked for format and version."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise GhostifyError(f"no distillation checkpoint at {path}; run without --resume to start from the beginning.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user-facing problem
+        raise GhostifyError(f"cannot read the checkpoint {path} ({type(err).__name__}: {err}); delete it and start again without --resume.") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise GhostifyError(f"{path} is not a ghostify distillation checkpoint.")
+    if state.get("version", 0) > CHECKPOINT_VERSION:
+        raise GhostifyError(f"{path} was written by a newer ghostify; upgrade ghostify.")
+    return state
+
+
+def _train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+# --- the training loop ---------------------------------------------------------------------------
+
+def _epoch_batches(size: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """This epoch's global batches: a seeded permutation cut into full batches (a small set: one batch)."""
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(sample_seed(seed, epoch))).tolist()
+    if size <= batch_size:
+        return [order]
+    return [order[i:i + batch_size] for i in range(0, size - batch_size + 1, batch_size)]
+
+
+def _schedule(step: int, total: int, config: DistillConfig) -> float:
+    """One-cycle learning-rate factor: linear warm-up, then cosine decay to zero."""
+    warm = max(1, int(total * config.warmup))
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bfloat16 where the GPU has it, else float16; None (full precision) off CUDA."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: Any,
+    config: DistillConfig | None = None,
+    *,
+    val_data: Any = None,
+    pipeline: InputPipeline | None = None,
+    device: str | torch.device = "cpu",
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    progress: ProgressCallback | None = None,
+    **options: Any,
+) -> DistillResult:
+    """Train ``student`` (converted from ``teacher``) to reproduce ``teacher`` on ``data``; in place.
+
+    ``data`` / ``val_data``: a folder path, a list of folder paths, or a Dataset yielding
+    ``(image, label)`` (label -1 or any value when unlabelled). ``options`` are ``DistillConfig``
+    fields (``epochs=5``). ``checkpoint``: a file written after every epoch and on Ctrl-C;
+    ``resume=True`` continues from it. ``progress(event, info)`` receives "start", "step" and
+    "epoch" events. Returns the student and the per-epoch history.
+    """
+    config = dataclasses.replace(config or DistillConfig(), **options) if options else (config or DistillConfig())
+    world = _setup_world(device)
+    names = [name for name, module in student.named_modules() if isinstance(module, GhostConv2d)]
+    check_teacher_fits(student, teacher, names)
+    if pipeline is None:
+        pipeline = InputPipeline.for_model(teacher)
+    dataset = as_dataset(data, pipeline, train=True, seed=config.seed)
+    val_dataset = as_dataset(val_data, pipeline) if val_data is not None else None
+    if len(dataset) == 0:
+        raise GhostifyError("the training data holds no images.")
+
+    student.to(world.device)
+    teacher.to(world.device).eval()
+    with torch.no_grad():
+        probe = dataset[0][0][None].to(world.device)
+        num_outputs = _logits(teacher(probe)).shape[1]
+    check_labels(dataset, num_outputs)
+    if val_dataset is not None:
+        check_labels(val_dataset, num_outputs)
+    use_labels = config.label_weight > 0 and bool(getattr(dataset, "classes", None))
+
+    points = feature_points(student) if config.feature_weight > 0 else []
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim > 1]
+    no_decay = [p for p in trainable if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "adamw":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=config.lr)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=0.9, nesterov=True)
+    amp_dtype = _amp_dtype(world.device, config.amp)
+
+    def autocast() -> Any:
+        return torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    model = student
+    if world.size > 1:
+        model = nn.parallel.DistributedDataParallel(student, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+
+    steps_per_epoch = len(_epoch_batches(len(dataset), config.batch_size, config.seed, 0))
+    total_steps = steps_per_epoch * config.epochs
+    result = DistillResult(student, [], config)
+    start_epoch, start_step, sums = 0, 0, None
+    checkpoint_path = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint_path is not None and checkpoint_path.is_dir():
+        checkpoint_path = checkpoint_path / CHECKPOINT_FILE
+    if resume:
+        if checkpoint_path is None:
+            raise GhostifyError("resume needs the checkpoint path (the run's output directory or checkpoint file).")
+        state = load_checkpoint(checkpoint_path)
+        saved = DistillConfig.from_dict(state["config"])
+        if saved != config:
+            changed = [f.name for f in dataclasses.fields(config) if getattr(saved, f.name) != getattr(config, f.name)]
+            raise GhostifyError(f"the checkpoint was made with other settings ({', '.join(changed)}); resume with the same settings, or start again without --resume.")
+        student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, start_step, sums = state["epoch"], state["step"], state.get("sums")
+        result.history = [EpochRecord(**record) for record in state["history"]]
+        result.seconds = state.get("seconds", 0.0)
+
+    def save(epoch: int, step: int, partial: list[float] | None) -> None:
+        if checkpoint_path is None or not world.main:
+            return
+        _save_checkpoint(checkpoint_path, {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epoch, "step": step, "sums": partial,
+            "student": student.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "history": [dataclasses.asdict(record) for record in result.history], "config": config.to_dict(),
+            "seconds": result.seconds,
+        })
+
+    if progress is not None and world.main:
+        progress("start", {"epochs": config.epochs, "steps_per_epoch": steps_per_epoch, "images": len(dataset),
+                           "epoch": start_epoch, "step": start_step, "world_size": world.size})
+    clock = time.perf_counter()
+    epoch, done = start_epoch, start_step  # done: steps of ``epoch`` finished
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            batches = _epoch_batches(len(dataset), config.batch_size, config.seed, epoch)
+            first = done = start_step if epoch == start_epoch else 0
+            # the record's lr when every step of this epoch ran before a resume: the last step's
+            lr = config.lr * _schedule(epoch * steps_per_epoch + max(first - 1, 0), total_steps, config)
+            local = [batch[world.rank::world.size] for batch in batches[first:]]
+            loader = DataLoader(dataset, batch_sampler=local, num_workers=config.workers)
+            sums = sums if (epoch == start_epoch and sums) else [0.0] * 5  # loss, logit, feature, agree, count
+            epoch_clock = time.perf_counter()
+            _train_mode(student, config.freeze_bn)
+            for step, (images, labels) in enumerate(loader, start=first):
+                global_step = epoch * steps_per_epoch + step
+                lr = config.lr * _schedule(global_step, total_steps, config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                torch.manual_seed(sample_seed(config.seed, epoch, step, 1))  # mixup, dropout, stochastic depth
+                images = images.to(world.device, non_blocking=True)
+                labels = labels.to(world.device)
+                mix = None
+                if config.mixup > 0:
+                    lam = float(torch.distributions.Beta(config.mixup, config.mixup).sample())
+                    perm = torch.randperm(len(images)).to(world.device)
+                    images = lam * images + (1 - lam) * images[perm]
+                    mix = (lam, perm)
+                with torch.no_grad(), autocast(), _recording(teacher, points) as teacher_features:  # teacher left as given
+                    teacher_logits = _logits(teacher(images))
+                with autocast(), _recording(student, points) as student_features:
+                    student_logits = _logits(model(images))
+                    logit_term = kd_loss(student_logits, teacher_logits, config.temperature) if config.logit_weight > 0 else student_logits.sum() * 0
+                    feature_term = feature_loss(student_features, teacher_features).to(student_logits.device) if points else student_logits.sum() * 0
+                    loss = config.logit_weight * logit_term + config.feature_weight * feature_term
+                    if use_labels:
+                        ce = F.cross_entropy(student_logits.float(), labels.clamp_min(0), reduction="none")
+                        if mix is not None:
+                            ce = mix[0] * ce + (1 - mix[0]) * F.cross_entropy(student_logits.float(), labels[mix[1]].clamp_min(0), reduction="none")
+                        loss = loss + config.label_weight * ce.mean()
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                grad_norm = float("nan")
+                if config.clip_grad > 0:
+                    scaler.unscale_(optimizer)
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, config.clip_grad))
+                scaler.step(optimizer)
+                scaler.update()
+                agree = (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()
+                stats = _all_reduce_mean(torch.stack([loss.detach().float(), logit_term.detach().float(),
+                                                      feature_term.detach().float(), agree]).cpu(), world).tolist()
+                for i, value in enumerate(stats):
+                    sums[i] += value
+                sums[4] += 1
+                done = step + 1
+                if progress is not None and world.main:
+                    progress("step", {"epoch": epoch, "step": step + 1, "loss": stats[0], "agreement": stats[3], "lr": lr, "grad_norm": grad_norm})
+            result.seconds += time.perf_counter() - epoch_clock
+            count = max(1.0, sums[4])
+            record = EpochRecord(epoch + 1, sums[0] / count, sums[1] / count, sums[2] / count, sums[3] / count, lr,
+                                 time.perf_counter() - epoch_clock)
+            if val_dataset is not None and world.main:
+                record.val_agreement, record.val_top1, record.teacher_top1 = agreement_and_accuracy(student, teacher, val_dataset, device=world.device)
+            result.history.append(record)
+            sums = None
+            save(epoch + 1, 0, None)
+            if progress is not None and world.main:
+                progress("epoch", dataclasses.asdict(record))
+    except KeyboardInterrupt:
+        # keep what was done: the next --resume starts at the step after the last finished one
+        if sums is not None:
+            save(epoch, done, sums)
+        raise
+    student.eval()
+    if progress is not None and world.main:
+        progress("end", {"seconds": time.perf_counter() - clock})
+    return result

@@ -1,0 +1,315 @@
+"""ghostify.distill: the loss goes down, runs are reproducible, and an interrupted run resumes exactly."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import ghostify
+from ghostify.data import DataError, InputPipeline
+from ghostify.distill import (
+    CHECKPOINT_FILE,
+    DistillConfig,
+    distill,
+    feature_loss,
+    feature_points,
+    kd_loss,
+    load_checkpoint,
+)
+from ghostify.errors import ConfigError, GhostifyError
+
+from test_calibrate import images, make_teacher  # noqa: E402 - the same tiny teacher as calibration
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+FAST = dict(epochs=3, batch_size=8)  # 32 images: 4 steps per epoch; everything else the defaults
+PIPELINE = InputPipeline((3, 12, 12))
+
+
+@pytest.fixture(scope="module")
+def pair():
+    teacher = make_teacher()
+    return teacher, ghostify.convert(teacher, ratio=2)
+
+
+@pytest.fixture(scope="module")
+def data() -> TensorDataset:
+    return TensorDataset(images(32, 5), torch.full((32,), -1))
+
+
+def _folder(root: Path, classes: int, per_class: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / f"class{c}" / f"{i}.png")
+    return root
+
+
+def _same_state(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _weighted(record, config: DistillConfig) -> float:
+    """The loss a record should report without labels: the weighted sum of its parts."""
+    return config.logit_weight * record.logit_loss + config.feature_weight * record.feature_loss
+
+
+def _history(result) -> list[dict]:
+    return [{k: v for k, v in dataclasses.asdict(r).items() if k != "seconds"} for r in result.history]
+
+
+@torch.no_grad()
+def _kd_on(student: nn.Module, teacher: nn.Module, x: torch.Tensor) -> float:
+    return float(kd_loss(student.eval()(x), teacher(x), 4.0))
+
+
+# --- training works ----------------------------------------------------------------------------------
+
+
+def test_distillation_lowers_the_loss(pair, data):
+    teacher, start = pair
+    held_out = images(64, 9)
+    teacher_before = copy.deepcopy(teacher.state_dict())
+    student = copy.deepcopy(start)
+    events = []
+    result = distill(student, teacher, data, progress=lambda event, info: events.append(event), **FAST)
+    assert result.student is student and result.config == DistillConfig(**FAST)
+    assert [r.epoch for r in result.history] == [1, 2, 3]
+    assert result.history[-1].loss < 0.9 * result.history[0].loss
+    assert _kd_on(student, teacher, held_out) < 0.5 * _kd_on(start, teacher, held_out)  # on unseen images too
+    for r in result.history:  # the reported loss is the weighted sum of its parts (no labels here)
+        assert r.loss == pytest.approx(_weighted(r, result.config), rel=1e-6)
+        assert 0 <= r.train_agreement <= 1 and r.val_agreement is None
+    assert events == ["start"] + (["step"] * 4 + ["epoch"]) * 3 + ["end"]
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items())
+    assert not student.training
+
+
+def test_runs_are_reproducible(pair, data):
+    teacher, start = pair
+    a, b = copy.deepcopy(start), copy.deepcopy(start)
+    options = dict(FAST, mixup=0.4, freeze_bn=False)
+    first = distill(a, teacher, data, **options)
+    torch.manual_seed(1234)  # the global RNG state does not matter
+    second = distill(b, teacher, data, **options)
+    assert _same_state(a, b) and _history(first) == _history(second)
+    c = copy.deepcopy(start)
+    distill(c, teacher, data, **dict(options, seed=1))
+    assert not _same_state(a, c)  # the seed matters
+
+
+# --- checkpoints and resume ------------------------------------------------------------------------
+
+INTERRUPTIONS = {
+    "mid epoch 2": ("step", 1, 2),
+    "first step": ("step", 0, 1),
+    "epoch boundary": ("epoch", 2, None),  # the 'epoch' event of epoch 2: its checkpoint is written
+    "last step of epoch 2": ("step", 1, 4),  # every step done, the epoch's record not yet made
+}
+
+
+class _Stop:
+    """A progress callback that presses Ctrl-C at one event."""
+
+    def __init__(self, event: str, epoch: int, step: int | None) -> None:
+        self.event, self.epoch, self.step = event, epoch, step
+
+    def __call__(self, event: str, info: dict) -> None:
+        if event != self.event:
+            return
+        if event == "step" and (info["epoch"], info["step"]) == (self.epoch, self.step):
+            raise KeyboardInterrupt
+        if event == "epoch" and info["epoch"] == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("where", list(INTERRUPTIONS))
+def test_interrupted_and_resumed_equals_uninterrupted(pair, data, tmp_path, where):
+    teacher, start = pair
+    options = dict(FAST, mixup=0.4, freeze_bn=False)  # random mixing and BatchNorm statistics must resume too
+    whole = copy.deepcopy(start)
+    expected = distill(whole, teacher, data, checkpoint=tmp_path / "whole.pt", **options)
+
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        distill(copy.deepcopy(start), teacher, data, checkpoint=checkpoint, progress=_Stop(*INTERRUPTIONS[where]), **options)
+    state = load_checkpoint(checkpoint)
+    event, epoch, step = INTERRUPTIONS[where]
+    assert (state["epoch"], state["step"]) == ((epoch, step) if event == "step" else (epoch, 0))
+
+    resumed = copy.deepcopy(start)
+    with torch.no_grad():  # whatever the student holds is replaced by the checkpoint
+        for p in resumed.parameters():
+            p.add_(1.0)
+    result = distill(resumed, teacher, data, checkpoint=checkpoint, resume=True, **options)
+    assert _same_state(resumed, whole)
+    assert _history(result) == _history(expected)
+    assert load_checkpoint(checkpoint)["epoch"] == 3
+
+
+def test_resume_with_augmented_image_folder(pair, tmp_path):
+    """Seeded per-image augmentation (crops, flips) resumes exactly too."""
+    teacher, start = pair
+    root = _folder(tmp_path / "data", 6, 3)
+    options = dict(epochs=2, batch_size=6)
+    whole = copy.deepcopy(start)
+    distill(whole, teacher, root, pipeline=PIPELINE, **options)
+    with pytest.raises(KeyboardInterrupt):
+        distill(copy.deepcopy(start), teacher, root, pipeline=PIPELINE, checkpoint=tmp_path / "c.pt",
+                progress=_Stop("step", 1, 1), **options)
+    resumed = copy.deepcopy(start)
+    distill(resumed, teacher, root, pipeline=PIPELINE, checkpoint=tmp_path / "c.pt", resume=True, **options)
+    assert _same_state(resumed, whole)
+
+
+def test_checkpoint_is_written_after_every_epoch(pair, data, tmp_path):
+    teacher, start = pair
+    seen = []
+    path = tmp_path / "sub" / "ckpt.pt"
+
+    def record(event: str, info: dict) -> None:
+        if event == "epoch":
+            state = load_checkpoint(path)
+            seen.append((state["epoch"], state["step"], len(state["history"])))
+
+    distill(copy.deepcopy(start), teacher, data, checkpoint=path, progress=record, **FAST)
+    assert seen == [(1, 0, 1), (2, 0, 2), (3, 0, 3)]
+    assert not path.with_name(path.name + ".tmp").exists()  # written atomically
+
+
+def test_checkpoint_directory_holds_the_checkpoint_file(pair, data, tmp_path):
+    """resume accepts the run's directory; saving into a directory given as checkpoint must work too."""
+    teacher, start = pair
+    distill(copy.deepcopy(start), teacher, data, checkpoint=tmp_path, **dict(FAST, epochs=1))
+    assert (tmp_path / CHECKPOINT_FILE).is_file()
+    assert load_checkpoint(tmp_path)["epoch"] == 1
+
+
+def test_resume_with_changed_settings_is_refused(pair, data, tmp_path):
+    teacher, start = pair
+    path = tmp_path / "c.pt"
+    distill(copy.deepcopy(start), teacher, data, checkpoint=path, **dict(FAST, epochs=1))
+    with pytest.raises(GhostifyError, match=r"other settings \(lr, mixup\)"):
+        distill(copy.deepcopy(start), teacher, data, checkpoint=path, resume=True, **dict(FAST, epochs=1, lr=0.1, mixup=0.2))
+
+
+def test_resume_needs_a_checkpoint(pair, data, tmp_path):
+    teacher, start = pair
+    with pytest.raises(GhostifyError, match="no distillation checkpoint"):
+        distill(copy.deepcopy(start), teacher, data, checkpoint=tmp_path / "missing.pt", resume=True, **FAST)
+    with pytest.raises(GhostifyError, match="resume needs the checkpoint path"):
+        distill(copy.deepcopy(start), teacher, data, resume=True, **FAST)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(GhostifyError, match="cannot read the checkpoint"):
+        distill(copy.deepcopy(start), teacher, data, checkpoint=tmp_path / "junk.pt", resume=True, **FAST)
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(GhostifyError, match="not a ghostify distillation checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    torch.save({"format": "ghostify.distill-checkpoint", "version": 99}, tmp_path / "newer.pt")
+    with pytest.raises(GhostifyError, match="newer ghostify"):
+        load_checkpoint(tmp_path / "newer.pt")
+
+
+# --- data, labels, options ------------------------------------------------------------------------
+
+
+def test_label_count_mismatch_is_a_data_error(pair, tmp_path):
+    teacher, start = pair  # the teacher predicts 6 classes
+    with pytest.raises(DataError, match="2 class folders"):
+        distill(copy.deepcopy(start), teacher, _folder(tmp_path / "two", 2, 2), pipeline=PIPELINE, **FAST)
+    with pytest.raises(DataError, match="3 class folders"):
+        distill(copy.deepcopy(start), teacher, _folder(tmp_path / "six", 6, 1), val_data=_folder(tmp_path / "three", 3, 1),
+                pipeline=PIPELINE, **FAST)
+
+
+@pytest.mark.parametrize("mixup", [0.0, 0.4])
+def test_labels_and_validation(pair, tmp_path, mixup):
+    teacher, start = pair
+    train = _folder(tmp_path / "train", 6, 3)
+    val = _folder(tmp_path / "val", 6, 2, seed=1)
+    options = dict(epochs=2, batch_size=6, mixup=mixup, pipeline=PIPELINE, val_data=val)
+    with_labels, without = copy.deepcopy(start), copy.deepcopy(start)
+    result = distill(with_labels, teacher, train, label_weight=1.0, **options)
+    plain = distill(without, teacher, train, **options)
+    assert not _same_state(with_labels, without)  # the labels changed the training
+    for r in result.history:  # cross-entropy (about ln 6 here) is part of the reported loss
+        assert r.loss > _weighted(r, result.config) + 0.5
+        assert 0 <= r.val_agreement <= 1 and 0 <= r.val_top1 <= 1 and 0 <= r.teacher_top1 <= 1
+    assert all(r.loss == pytest.approx(_weighted(r, plain.config), rel=1e-6) for r in plain.history)
+    # unlabelled training data with label_weight > 0: labels are simply not used
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for path in sorted(train.rglob("*.png"))[:6]:
+        (flat / f"{path.parent.name}-{path.name}").write_bytes(path.read_bytes())
+    unlabelled = distill(copy.deepcopy(start), teacher, flat, label_weight=1.0, **dict(options, val_data=None, epochs=1))
+    assert unlabelled.history[0].loss == pytest.approx(_weighted(unlabelled.history[0], unlabelled.config), rel=1e-6)
+
+
+@pytest.mark.parametrize("options", [
+    dict(optimizer="sgd", lr=0.02, clip_grad=2.0),  # SGD needs clipping here (unclipped, 0.02 diverges)
+    dict(feature_weight=0.0),
+    dict(logit_weight=0.0),
+    dict(clip_grad=1.0, weight_decay=0.0, warmup=0.0),
+])
+def test_other_settings_run(pair, data, options):
+    teacher, start = pair
+    student = copy.deepcopy(start)
+    result = distill(student, teacher, data, **dict(FAST, **options))
+    assert result.history[-1].loss < result.history[0].loss
+    if options.get("feature_weight") == 0.0:
+        assert all(r.feature_loss == 0 for r in result.history)
+    if options.get("logit_weight") == 0.0:
+        assert all(r.logit_loss == 0 for r in result.history)
+
+
+def test_teacher_of_another_architecture_does_not_fit(pair, data):
+    _, start = pair
+    with pytest.raises(GhostifyError, match="does not fit"):
+        distill(copy.deepcopy(start), make_teacher(width=24), data, **FAST)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("epochs", 0), ("batch_size", 2.0), ("batch_size", True), ("lr", 0.0), ("optimizer", "adam"),
+    ("temperature", 0), ("warmup", 1.0), ("mixup", -0.1), ("workers", -1), ("clip_grad", -1.0),
+])
+def test_bad_settings_are_config_errors(field, value):
+    with pytest.raises(ConfigError, match=field):
+        DistillConfig(**{field: value})
+
+
+def test_all_loss_weights_zero_is_refused():
+    with pytest.raises(ConfigError, match="at least one loss"):
+        DistillConfig(logit_weight=0.0, feature_weight=0.0, label_weight=0.0)
+
+
+def test_config_round_trip():
+    config = DistillConfig(epochs=3, lr=0.1, mixup=0.2, optimizer="adamw")
+    assert DistillConfig.from_dict(config.to_dict()) == config
+    assert DistillConfig.from_dict({**config.to_dict(), "unknown": 1}) == config
+
+
+def test_losses():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6)
+    assert float(kd_loss(logits, logits, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(kd_loss(logits, torch.randn(4, 6), 4.0)) > 0
+    target = {"a": torch.randn(2, 3, 4, 4)}
+    output = {"a": target["a"] + 0.1 * torch.randn(2, 3, 4, 4)}
+    scaled = {"a": 10 * output["a"]}, {"a": 10 * target["a"]}
+    assert float(feature_loss(output, target)) == pytest.approx(float(feature_loss(*scaled)), rel=1e-5)  # scale-free
+    assert float(feature_loss({"a": target["a"]}, target)) == 0.0
+
+
+def test_feature_points_are_the_blocks_holding_ghost_modules(pair):
+    _, student = pair
+    assert feature_points(student) == ["block1", "block2"]
