@@ -396,15 +396,26 @@ def refit_head(student: nn.Module, teacher: nn.Module, images: list[torch.Tensor
     total = sum(len(b) for b in images)
     if not isinstance(head, nn.Linear) or not isinstance(t_head, nn.Linear) or total < 2 * head.in_features:
         return None
+
+    def pairs():  # (student features, teacher logits) per batch
+        for batch in images:
+            batch = batch.to(head.weight.device)
+            features = _capture_call(student, head, batch, "input")[0][0].reshape(-1, head.in_features)
+            yield features, _capture_call(teacher, t_head, batch, "output").reshape(-1, head.out_features)
+
+    def error() -> float:
+        squared = energy = 0.0
+        for features, target in pairs():
+            squared += float((head(features) - target).pow(2).sum())
+            energy += float(target.pow(2).sum())
+        return (squared / max(energy, 1e-30)) ** 0.5
+
+    before = error()
     xx = xy = None
-    err_before = [0.0, 0.0]
-    for batch in images:
-        batch = batch.to(head.weight.device)
-        features = _capture_call(student, head, batch, "input")[0][0].reshape(-1, head.in_features)
-        target = _capture_call(teacher, t_head, batch, "output").reshape(-1, head.out_features)
-        err_before[0] += float((head(features) - target).pow(2).sum())
-        err_before[1] += float(target.pow(2).sum())
-        rows = torch.cat([features, features.new_ones(len(features), 1)], 1).double().cpu() if head.bias is not None else features.double().cpu()
+    for features, target in pairs():
+        rows = features.double().cpu()
+        if head.bias is not None:
+            rows = torch.cat([rows, rows.new_ones(len(rows), 1)], 1)
         xx = rows.T @ rows if xx is None else xx + rows.T @ rows
         xy = rows.T @ target.double().cpu() if xy is None else xy + rows.T @ target.double().cpu()
     solution = _solve(xx, xy, ridge).T
@@ -412,14 +423,7 @@ def refit_head(student: nn.Module, teacher: nn.Module, images: list[torch.Tensor
         head.bias.copy_(solution[:, -1].to(head.bias))
         solution = solution[:, :-1]
     head.weight.copy_(solution.to(head.weight))
-    err_after = [0.0, 0.0]
-    for batch in images:
-        batch = batch.to(head.weight.device)
-        features = _capture_call(student, head, batch, "input")[0][0].reshape(-1, head.in_features)
-        target = _capture_call(teacher, t_head, batch, "output").reshape(-1, head.out_features)
-        err_after[0] += float((head(features) - target).pow(2).sum())
-        err_after[1] += float(target.pow(2).sum())
-    return name, (err_before[0] / err_before[1]) ** 0.5, (err_after[0] / err_after[1]) ** 0.5
+    return name, before, error()
 
 
 @torch.no_grad()

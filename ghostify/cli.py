@@ -7,41 +7,32 @@ traceback; typer itself rejects malformed options (``--ratio 1.5``) with exit 2.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Optional
 
-import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from torch import nn
-from torch.utils.data import Dataset
 
-from .calibrate import calibrate as calibrate_model
-from .calibrate import check_teacher_fits
 from .config import GhostConfig
 from .convert import convert as convert_model
 from .convert import plan_conversion
-from .data import InputPipeline, as_dataset, check_labels
-from .distill import DistillConfig, agreement_and_accuracy
-from .distill import distill as distill_model
+from .data import InputPipeline
+from .distill import DistillConfig
 from .errors import ConfigError, GhostifyError
 from .evaluate import AccuracyStats, image_folder
-from .ghost_module import GhostConv2d
 from .graph_pass import VARIANTS
 from .models import ResolvedModel, default_input_size, resolve_model
 from .outputs import atomic_directory, check_output_path
-from .progress import calibration_progress, distillation_progress
-from .report import AccuracyStage, ComparisonReport, compare
+from .recovery import Recovery, check_resume, checkpoint_file, is_main_process, recover, remove_checkpoint
+from .report import ComparisonReport, compare
 from .selection import ConversionPlan
 from .serialization import base_weights, load, read_recipe, recorded_inputs, write_model_files
 from .sweep import parse_ratios, sweep as sweep_ratios
@@ -223,11 +214,6 @@ def _resolve(model: str, checkpoint: Path | None, trust: bool, pretrained: bool,
 
 # ----- calibration and distillation ---------------------------------------------------------------
 
-def _is_main_process() -> bool:
-    """False in the extra processes of a ``torchrun`` launch: only the first one prints and writes."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def _training_options(epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None) -> dict[str, Any]:
     """The ``DistillConfig`` fields given on the command line (the rest keep their defaults)."""
     if lr is not None and not (math.isfinite(lr) and lr > 0):
@@ -238,153 +224,7 @@ def _training_options(epochs: int | None, batch_size: int | None, lr: float | No
     return options
 
 
-def checkpoint_file(output: Path) -> Path:
-    """Where distillation keeps its checkpoint while writing ``output``: beside it, hidden."""
-    output = Path(output).expanduser().absolute()
-    return output.parent / f".{output.name}.distill-checkpoint.pt"
-
-
-def _state_file(checkpoint: Path) -> Path:
-    """Beside the checkpoint: what ran before distillation (calibration, accuracy per stage), for --resume."""
-    return checkpoint.with_suffix(".json")
-
-
-def _check_resume(checkpoint: Path | None, resume: bool) -> None:
-    """--resume needs the checkpoint of an interrupted run; without it, such a checkpoint must not be lost silently."""
-    if resume and (checkpoint is None or not checkpoint.is_file()):
-        where = f"no checkpoint at {checkpoint}" if checkpoint is not None else "no checkpoint (checkpoints are kept only with -o OUT)"
-        raise ConfigError(f"--resume: {where}; it exists only while an interrupted distillation is unfinished. Run without --resume.")
-    if not resume and checkpoint is not None and checkpoint.is_file():
-        raise ConfigError(
-            f"an interrupted distillation left its checkpoint at {checkpoint}; rerun with --resume to continue it, "
-            "or delete that file to start again."
-        )
-
-
-def _remove_checkpoint(checkpoint: Path | None) -> None:
-    if checkpoint is not None:
-        for path in (checkpoint, _state_file(checkpoint)):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-
-def _model_outputs(model: nn.Module, dataset: Dataset, device: torch.device) -> int:
-    """How many classes ``model`` predicts, from one forward pass on the first image."""
-    with torch.no_grad():
-        output = model(dataset[0][0][None].to(device))
-    if isinstance(output, dict):
-        output = next((value for value in output.values() if isinstance(value, torch.Tensor)), output)
-    elif isinstance(output, (list, tuple)) and output:
-        output = output[0]
-    if not isinstance(output, torch.Tensor) or output.ndim != 2:
-        raise GhostifyError(f"the model returned {type(output).__name__}, not a (batch, classes) tensor of class scores; it cannot be distilled.")
-    return int(output.shape[1])
-
-
-@dataclass
-class _Recovery:
-    """What calibration / distillation did, for the report."""
-
-    stages: list[AccuracyStage] = field(default_factory=list)
-    calibration: dict[str, Any] | None = None
-    training: list[dict[str, Any]] = field(default_factory=list)
-
-
-class _Evaluator:
-    """Agreement with the teacher (and top-1 with labels) on --val-data, one stage after another."""
-
-    def __init__(self, dataset: Dataset | None, name: str, teacher: nn.Module, device: torch.device) -> None:
-        self.dataset, self.name, self.teacher, self.device = dataset, name, teacher, device
-
-    def stage(self, stage: str, student: nn.Module, *, original: bool = False) -> list[AccuracyStage]:
-        if self.dataset is None:
-            return []
-        agreement, top1, teacher_top1 = agreement_and_accuracy(student, self.teacher, self.dataset, device=self.device)
-        stages = [AccuracyStage("original", teacher_top1, 1.0, len(self.dataset), self.name)] if original else []
-        return stages + [AccuracyStage(stage, top1, agreement, len(self.dataset), self.name)]
-
-
-def _recover(
-    student: nn.Module, teacher: nn.Module, *, data: list[Path], val_data: list[Path] | None, pipeline: InputPipeline,
-    device: str, calibrate: bool, distill: bool, samples: int, options: dict[str, Any], checkpoint: Path | None,
-    resume: bool, start_stage: str,
-) -> _Recovery:
-    """Calibrate and/or distill ``student`` towards ``teacher`` in place, measuring each stage on ``val_data``."""
-    from .measure import resolve_device
-
-    target = resolve_device(device)
-    teacher.eval()
-    check_teacher_fits(student, teacher, [name for name, module in student.named_modules() if isinstance(module, GhostConv2d)])
-    train = as_dataset([str(p) for p in data], pipeline)  # missing / empty / too small images fail here, before any work
-    val = as_dataset([str(p) for p in val_data], pipeline) if val_data else None
-    student.to(target), teacher.to(target)
-    outputs = _model_outputs(teacher, train, target)
-    check_labels(train, outputs)
-    if val is not None:
-        check_labels(val, outputs)
-    val_name = ", ".join(map(str, val_data or []))
-    evaluator = _Evaluator(val, val_name, teacher, target)
-    main = _is_main_process()
-    if val is None:
-        stdout.print("note: accuracy is not measured; pass --val-data DIR (held-out images, in class folders for top-1) "
-                     "to see agreement with the original after each step and each epoch.", highlight=False, soft_wrap=True)
-    state = _state_file(checkpoint) if checkpoint is not None else None
-    done = _Recovery()
-    resuming = resume and checkpoint is not None and checkpoint.is_file()
-    if resuming:  # the checkpoint holds the student: calibration is not repeated, its results are read back
-        saved = _read_state(state)
-        done.calibration = saved.get("calibration")
-        if saved.get("val_data") == val_name and saved.get("stages") is not None:
-            done.stages = saved["stages"]
-        elif main:
-            done.stages = evaluator.stage(start_stage, student, original=True)
-    elif main:
-        done.stages = evaluator.stage(start_stage, student, original=True)
-    if calibrate and not resuming:
-        with calibration_progress(stdout) as progress:
-            result = calibrate_model(student, teacher, train, samples=samples, pipeline=pipeline,
-                                     seed=options.get("seed", 0), progress=progress if main else None)
-        before = sum(layer.error_before for layer in result.layers) / max(1, len(result.layers))
-        stdout.print(f"calibrated {len(result.layers)} layers on {result.images} images in {result.seconds:.1f} s "
-                     f"(mean relative output error {before:.3f} -> {result.mean_error_after:.3f})", highlight=False)
-        done.calibration = result.to_dict()
-        if main:
-            done.stages += evaluator.stage("calibrated", student)
-    if distill:
-        if state is not None and not resuming and main:
-            state.parent.mkdir(parents=True, exist_ok=True)
-            state.write_text(json.dumps({"calibration": done.calibration, "val_data": val_name,
-                                         "stages": [asdict(stage) for stage in done.stages]}))
-        try:
-            with distillation_progress(stdout) as progress:
-                result = distill_model(student, teacher, [str(p) for p in data], val_data=val, pipeline=pipeline, device=target,
-                                       checkpoint=checkpoint, resume=resuming, progress=progress, **options)
-        except BaseException:
-            if checkpoint is not None and not checkpoint.is_file():  # stopped before the first checkpoint: keep nothing
-                _remove_checkpoint(checkpoint)
-            raise
-        done.training = result.to_dict()["history"]
-        last = result.history[-1] if result.history else None
-        if last is not None and last.val_agreement is not None:
-            done.stages.append(AccuracyStage("distilled", last.val_top1, last.val_agreement, len(val), val_name))
-        elif main:
-            done.stages += evaluator.stage("distilled", student)
-    student.cpu().eval(), teacher.cpu().eval()
-    return done
-
-
-def _read_state(path: Path | None) -> dict[str, Any]:
-    """What ``_recover`` stored beside the checkpoint before distilling; empty if absent or unreadable."""
-    try:
-        state = json.loads(path.read_text()) if path is not None and path.is_file() else {}
-        stages = state.get("stages")
-        state["stages"] = [AccuracyStage(**stage) for stage in stages] if isinstance(stages, list) else None
-        return state
-    except (OSError, ValueError, TypeError, AttributeError):
-        return {}
-
-
-def _fill_report(report: ComparisonReport, done: _Recovery) -> None:
+def _fill_report(report: ComparisonReport, done: Recovery) -> None:
     report.recovery, report.calibration, report.training = done.stages, done.calibration, done.training
     if done.stages and done.stages[0].top1 is not None and done.stages[-1].top1 is not None:
         first, last = done.stages[0], done.stages[-1]
@@ -397,7 +237,7 @@ def _interrupted(checkpoint: Path | None) -> NoReturn:
         stderr.print(f"interrupted: progress saved to {escape(str(checkpoint))}; rerun the same command with --resume", highlight=False, soft_wrap=True)
     else:
         if checkpoint is not None:
-            _remove_checkpoint(checkpoint)
+            remove_checkpoint(checkpoint)
         stderr.print("interrupted: nothing was written", highlight=False, soft_wrap=True)
     raise typer.Exit(code=130)
 
@@ -443,18 +283,18 @@ def convert(
 
     With --calibrate or --distill the ghost model then recovers the original's accuracy from the images in --data (labels optional); --val-data measures it after each step.
     """
-    recover = calibrate or distill
+    recovering = calibrate or distill
     ckpt = None
     try:
         ckpt = checkpoint_file(output) if distill and output is not None and not dry_run else None
-        if not _is_main_process():
+        if not is_main_process():
             stdout.quiet = True
         config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, variant.value, init.value)
         size = explicit_size = _parse_input_size(input_size)  # a typo fails before the model is built
         norm_mean, norm_std = _parse_floats("--mean", mean), _parse_floats("--std", std)
         options = _training_options(epochs, batch_size, lr, seed)
-        _check_convert_options(recover, distill, data, val_data, data_limit, calibration_samples, options, resume, output)
-        _check_resume(ckpt, resume)
+        _check_convert_options(recovering, distill, data, val_data, data_limit, calibration_samples, options, resume, output)
+        check_resume(ckpt, resume)
         if output is not None and not dry_run:  # before the slow work, not after it
             check_output_path(output, force=force, inputs=[model.rpartition(":")[0], checkpoint, *(data or []), *(val_data or [])])
         resolved = _resolve(model, checkpoint, trust_checkpoint, pretrained)
@@ -466,14 +306,15 @@ def convert(
             converted = convert_model(resolved.model, config)
         _print_trace(converted.ghostify_plan)
         done = None
-        if recover:
+        if recovering:
             pipeline = InputPipeline.for_model(resolved.model, explicit_size, norm_mean, norm_std)
-            done = _recover(converted, resolved.model, data=list(data or []), val_data=val_data, pipeline=pipeline,
+            done = recover(converted, resolved.model, data=list(data or []), val_data=val_data, pipeline=pipeline,
                             device=device, calibrate=True, distill=distill, samples=calibration_samples or CALIBRATION_SAMPLES,
-                            options=options, checkpoint=ckpt, resume=resume, start_stage="converted (data-free)")
-            if not _is_main_process():
+                            options=options, checkpoint=ckpt, resume=resume, start_stage="converted (data-free)",
+                            console=stdout)
+            if not is_main_process():
                 return
-        eval_data = (data or [None])[0] if not recover else None
+        eval_data = (data or [None])[0] if not recovering else None
         with stdout.status("measuring ..."):
             report = compare(resolved.model, converted, input_size=size, latency=latency, device=device,
                              original_name=resolved.spec, converted_name=f"{resolved.spec} (ghost s={ratio})",
@@ -491,18 +332,18 @@ def convert(
                 report.save(staging)
 
             _write_output(output, force, write_model_and_report)
-            _remove_checkpoint(ckpt)
+            remove_checkpoint(ckpt)
     except GhostifyError as err:
         _fail(str(err))
     except KeyboardInterrupt:
         _interrupted(ckpt)
 
 
-def _check_convert_options(recover: bool, distill: bool, data: list[Path] | None, val_data: list[Path] | None,
+def _check_convert_options(recovering: bool, distill: bool, data: list[Path] | None, val_data: list[Path] | None,
                            data_limit: int | None, calibration_samples: int | None, options: dict[str, Any],
                            resume: bool, output: Path | None) -> None:
     """Options that only make sense together, checked before any work."""
-    if recover:
+    if recovering:
         if not data:
             raise ConfigError(f"--{'distill' if distill else 'calibrate'} needs images: pass --data DIR (a folder of images or an ImageFolder root; labels are optional).")
         if data_limit is not None:
@@ -552,7 +393,7 @@ def distill_command(
     ckpt = None
     try:
         ckpt = checkpoint_file(target)
-        if not _is_main_process():
+        if not is_main_process():
             stdout.quiet = True
         size = _parse_input_size(input_size)
         norm_mean, norm_std = _parse_floats("--mean", mean), _parse_floats("--std", std)
@@ -563,7 +404,7 @@ def distill_command(
         recorded = recorded_inputs(saved, recipe)  # the --input-size/--mean/--std given to convert
         size, norm_mean, norm_std = size or recorded["input_size"], norm_mean or recorded["mean"], norm_std or recorded["std"]
         explicit = {"input_size": size, "mean": norm_mean, "std": norm_std}
-        _check_resume(ckpt, resume)
+        check_resume(ckpt, resume)
         teacher_spec, teacher_checkpoint, teacher_pretrained = _teacher_source(saved, recipe, teacher, checkpoint, pretrained)
         inputs = [teacher_spec.rpartition(":")[0], teacher_checkpoint, *data, *(val_data or [])]
         if output is not None:
@@ -575,10 +416,10 @@ def distill_command(
             student = load(saved, base_model=resolved.model)  # the teacher's architecture must fit the student's
         stdout.print(f"student: [bold]{escape(str(saved))}[/] (saved ghostify model)", highlight=False, soft_wrap=True)
         pipeline = InputPipeline.for_model(resolved.model, size, norm_mean, norm_std)
-        done = _recover(student, resolved.model, data=list(data), val_data=val_data, pipeline=pipeline, device=device,
+        done = recover(student, resolved.model, data=list(data), val_data=val_data, pipeline=pipeline, device=device,
                         calibrate=False, distill=True, samples=0, options=options, checkpoint=ckpt, resume=resume,
-                        start_stage="saved")
-        if not _is_main_process():
+                        start_stage="saved", console=stdout)
+        if not is_main_process():
             return
         size = size or default_input_size(resolved.model)
         with stdout.status("measuring ..."):
@@ -595,7 +436,7 @@ def distill_command(
             report.save(staging)
 
         _write_output(target, force if output is not None else True, write_model_and_report)
-        _remove_checkpoint(ckpt)
+        remove_checkpoint(ckpt)
     except GhostifyError as err:
         _fail(str(err))
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from .config import GhostConfig
 from .convert import convert
-from .errors import ConfigError, GhostifyError
+from .errors import ConfigError
 from .formatting import MISSING, human_count, ratio_text
 from .report import ComparisonReport, check_schema, compare
 from .report_html import render_html

@@ -3,9 +3,10 @@
 How channels are chosen and ordered:
 
 1. Every filter is tried as the source of its most similar filters (top ``|cosine|`` candidates):
-   the *gain* of a pair is the share of the ghost filter that "cheap kernel composed with the
-   source filter" can reproduce (the R^2 of the least-squares fit of step 2). ``group_channels``
-   then picks sources greedily by total gain; each source is copied exactly into the primary conv
+   the *gain* of a pair is the energy of the ghost filter that "cheap kernel composed with the
+   source filter" can reproduce (R^2 of the least-squares fit of step 2 times the filter's
+   energy). ``group_channels`` then picks sources greedily by the energy kept: their own (copied
+   exactly) plus their ghosts' gains; each source is copied exactly into the primary conv
    (that output channel reproduces the original) and its ``s - 1`` best free filters become its
    ghosts. Calibration (``ghostify.calibrate``) uses the same grouping on correlations of real
    layer outputs.
@@ -27,6 +28,7 @@ from torch import nn
 from .ghost_module import GhostConv2d
 
 _PAIR_CHUNK = 256
+_EXACT = 1e-4  # unexplained share below which a ghost counts as exactly reproduced
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,12 @@ class ChannelAssignment:
         return index
 
 
-def group_channels(gain: torch.Tensor, ratio: int) -> ChannelAssignment:
-    """Sources and their ghosts from ``gain[i, j]``: the share (0..1) of channel ``j`` reproduced as a ghost of ``i``.
+def group_channels(gain: torch.Tensor, ratio: int, source_value: torch.Tensor | None = None) -> ChannelAssignment:
+    """Sources and their ghosts from ``gain[i, j]``: how much of channel ``j`` is reproduced as a ghost of ``i``.
 
-    Greedy: take the source whose ``ratio - 1`` best free channels add the most gain, give it those
-    channels, repeat until every channel is taken (exactly ``ceil(n / ratio)`` sources).
+    Greedy: take the source whose own ``source_value`` (what keeping it exact is worth; default 0)
+    plus the gain of its ``ratio - 1`` best free channels is largest, give it those channels,
+    repeat until every channel is taken (exactly ``ceil(n / ratio)`` sources).
     Ties go to the lower channel index, so the result is deterministic.
     """
     n = gain.shape[0]
@@ -77,6 +80,7 @@ def group_channels(gain: torch.Tensor, ratio: int) -> ChannelAssignment:
     remaining = n
     k = min(ratio - 1, n - 1)
     top_values = top_indices = None
+    own = torch.zeros(n, dtype=torch.float64) if source_value is None else source_value.detach().double().cpu()
     if k > 0:  # each row's best k free channels, kept up to date lazily
         top = masked.topk(k, dim=1)
         top_values, top_indices = top.values.sum(dim=1), top.indices
@@ -95,7 +99,7 @@ def group_channels(gain: torch.Tensor, ratio: int) -> ChannelAssignment:
                 top_indices = torch.zeros(n, k_now, dtype=torch.long)
                 top_indices[rows] = top.indices
                 k = k_now
-            values = top_values.masked_fill(~free, float("-inf"))
+            values = (top_values + own).masked_fill(~free, float("-inf"))
             source = int(torch.nonzero(values == values.max())[0])  # ties: the lowest channel
             picked = top_indices[source].tolist()
         sources.append(source)
@@ -128,6 +132,8 @@ def assign_channels(
     """
     n = weight.shape[0]
     flat = weight.detach().reshape(n, -1).double().cpu()
+    energy = flat.pow(2).sum(dim=1)
+    energy = energy / energy.mean().clamp_min(1e-30)
     unit = flat / flat.norm(dim=1).clamp_min(1e-12)[:, None]
     similarity = (unit @ unit.T).abs()
     similarity.fill_diagonal_(-1.0)
@@ -142,11 +148,14 @@ def assign_channels(
             explained = torch.where(dead, torch.ones_like(similarity[src, dst]), similarity[src, dst] ** 2)
         else:
             filters = _dilate(weight.detach().float().cpu(), dilation)
-            _, residual, energy = _fit_pairs(filters, src, dst, stride, dw_size)
-            explained = torch.where(energy > 0, 1 - residual / energy.clamp_min(1e-30), torch.ones_like(energy))
+            _, residual, pair_energy = _fit_pairs(filters, src, dst, stride, dw_size)
+            explained = torch.where(pair_energy > 0, 1 - residual / pair_energy.clamp_min(1e-30), torch.ones_like(pair_energy))
         # a little cosine keeps the order sensible among filters no kernel can reproduce
-        gain[src, dst] = explained.clamp(0, 1) + 1e-3 * similarity[src, dst]
-    return group_channels(gain, ratio)
+        gain[src, dst] = (explained.clamp(0, 1) + 1e-3 * similarity[src, dst]) * energy[dst]
+        # exact ghosts first: a group that loses nothing beats any trade of energy between groups
+        gain[src, dst] += (explained > 1 - _EXACT) * energy.sum()
+    # the objective is the output energy reproduced: exact sources plus the explained part of ghosts
+    return group_channels(gain, ratio, source_value=energy)
 
 
 def _dilate(filters: torch.Tensor, dilation: tuple[int, int]) -> torch.Tensor:

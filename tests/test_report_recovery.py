@@ -5,11 +5,9 @@ the report and sweep modules."""
 from __future__ import annotations
 
 import ast
-import base64
 import copy
 import dataclasses
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -22,9 +20,9 @@ from ghostify.evaluate import AccuracyStats
 from ghostify.report import REPORT_SCHEMA_VERSION, AccuracyStage, ComparisonReport, compare
 from ghostify.report_html import COMPARISON_SCHEMA, SWEEP_SCHEMA, render_html
 from ghostify.sweep import SweepReport
+from test_report_html import plots
 
 PACKAGE = Path(ghostify.__file__).resolve().parent
-PLOT = re.compile(r'<img class="plot" data-plot="([^"]+)"[^>]* src="data:image/png;base64,([^"]+)"')
 
 STAGES = [
     AccuracyStage("original", 0.91, 1.0, 500, "cifar10/test"),
@@ -68,14 +66,6 @@ def report(base) -> ComparisonReport:
         copy.deepcopy(base), accuracy=AccuracyStats("cifar10/test", 500, 0.91, 0.894, 0.931),
         recovery=copy.deepcopy(STAGES), calibration=copy.deepcopy(CALIBRATION), training=copy.deepcopy(TRAINING),
     )
-
-
-def plots(page: str) -> list[str]:
-    found = PLOT.findall(page)
-    assert page.count('class="plot"') == len(found)
-    for _, data in found:
-        assert base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n")
-    return [name for name, _ in found]
 
 
 # ----- terminal ---------------------------------------------------------------------------------

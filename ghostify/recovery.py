@@ -1,0 +1,187 @@
+"""Recovering a converted model's accuracy in one call: calibrate and/or distill, measuring each stage.
+
+``recover(student, teacher, data=..., val_data=...)`` is what ``ghostify convert --calibrate /
+--distill`` and ``ghostify distill`` run: it checks the data and the teacher before any slow
+work, measures agreement (and top-1 with labels) on held-out images after every stage, shows
+progress, and keeps what it needs to resume an interrupted distillation beside the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import Dataset
+
+from .calibrate import calibrate as calibrate_model
+from .calibrate import check_teacher_fits
+from .data import InputPipeline, as_dataset, check_labels
+from .distill import agreement_and_accuracy
+from .distill import distill as distill_model
+from .errors import ConfigError, GhostifyError
+from .ghost_module import GhostConv2d
+from .measure import resolve_device
+from .progress import calibration_progress, distillation_progress
+from .report import AccuracyStage
+
+
+def is_main_process() -> bool:
+    """False in the extra processes of a ``torchrun`` launch: only the first one prints and writes."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def checkpoint_file(output: Path) -> Path:
+    """Where distillation keeps its checkpoint while writing ``output``: beside it, hidden."""
+    output = Path(output).expanduser().absolute()
+    return output.parent / f".{output.name}.distill-checkpoint.pt"
+
+
+def _state_file(checkpoint: Path) -> Path:
+    """Beside the checkpoint: what ran before distillation (calibration, accuracy per stage), for --resume."""
+    return checkpoint.with_suffix(".json")
+
+
+def check_resume(checkpoint: Path | None, resume: bool) -> None:
+    """--resume needs the checkpoint of an interrupted run; without it, such a checkpoint must not be lost silently."""
+    if resume and (checkpoint is None or not checkpoint.is_file()):
+        where = f"no checkpoint at {checkpoint}" if checkpoint is not None else "no checkpoint (checkpoints are kept only with -o OUT)"
+        raise ConfigError(f"--resume: {where}; it exists only while an interrupted distillation is unfinished. Run without --resume.")
+    if not resume and checkpoint is not None and checkpoint.is_file():
+        raise ConfigError(
+            f"an interrupted distillation left its checkpoint at {checkpoint}; rerun with --resume to continue it, "
+            "or delete that file to start again."
+        )
+
+
+def remove_checkpoint(checkpoint: Path | None) -> None:
+    if checkpoint is not None:
+        for path in (checkpoint, _state_file(checkpoint)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _model_outputs(model: nn.Module, dataset: Dataset, device: torch.device) -> int:
+    """How many classes ``model`` predicts, from one forward pass on the first image."""
+    with torch.no_grad():
+        output = model(dataset[0][0][None].to(device))
+    if isinstance(output, dict):
+        output = next((value for value in output.values() if isinstance(value, torch.Tensor)), output)
+    elif isinstance(output, (list, tuple)) and output:
+        output = output[0]
+    if not isinstance(output, torch.Tensor) or output.ndim != 2:
+        raise GhostifyError(f"the model returned {type(output).__name__}, not a (batch, classes) tensor of class scores; it cannot be distilled.")
+    return int(output.shape[1])
+
+
+@dataclass
+class Recovery:
+    """What calibration / distillation did, for the report."""
+
+    stages: list[AccuracyStage] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
+    training: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Evaluator:
+    """Agreement with the teacher (and top-1 with labels) on --val-data, one stage after another."""
+
+    def __init__(self, dataset: Dataset | None, name: str, teacher: nn.Module, device: torch.device) -> None:
+        self.dataset, self.name, self.teacher, self.device = dataset, name, teacher, device
+
+    def stage(self, stage: str, student: nn.Module, *, original: bool = False) -> list[AccuracyStage]:
+        if self.dataset is None:
+            return []
+        agreement, top1, teacher_top1 = agreement_and_accuracy(student, self.teacher, self.dataset, device=self.device)
+        stages = [AccuracyStage("original", teacher_top1, 1.0, len(self.dataset), self.name)] if original else []
+        return stages + [AccuracyStage(stage, top1, agreement, len(self.dataset), self.name)]
+
+
+def recover(
+    student: nn.Module, teacher: nn.Module, *, data: list[Path], val_data: list[Path] | None, pipeline: InputPipeline,
+    device: str, calibrate: bool, distill: bool, samples: int, options: dict[str, Any], checkpoint: Path | None,
+    resume: bool, start_stage: str, console: Console | None = None,
+) -> Recovery:
+    """Calibrate and/or distill ``student`` towards ``teacher`` in place, measuring each stage on ``val_data``.
+
+    ``options`` are ``DistillConfig`` fields; ``checkpoint`` is the distillation checkpoint file
+    (``checkpoint_file(output)``); ``start_stage`` names the student's state before recovery
+    ("converted (data-free)", "saved"). Messages and progress go to ``console`` (none: silent).
+    """
+    stdout = console if console is not None else Console(quiet=True)
+    target = resolve_device(device)
+    teacher.eval()
+    check_teacher_fits(student, teacher, [name for name, module in student.named_modules() if isinstance(module, GhostConv2d)])
+    train = as_dataset([str(p) for p in data], pipeline)  # missing / empty / too small images fail here, before any work
+    val = as_dataset([str(p) for p in val_data], pipeline) if val_data else None
+    student.to(target), teacher.to(target)
+    outputs = _model_outputs(teacher, train, target)
+    check_labels(train, outputs)
+    if val is not None:
+        check_labels(val, outputs)
+    val_name = ", ".join(map(str, val_data or []))
+    evaluator = _Evaluator(val, val_name, teacher, target)
+    main = is_main_process()
+    if val is None:
+        stdout.print("note: accuracy is not measured; pass --val-data DIR (held-out images, in class folders for top-1) "
+                     "to see agreement with the original after each step and each epoch.", highlight=False, soft_wrap=True)
+    state = _state_file(checkpoint) if checkpoint is not None else None
+    done = Recovery()
+    resuming = resume and checkpoint is not None and checkpoint.is_file()
+    if resuming:  # the checkpoint holds the student: calibration is not repeated, its results are read back
+        saved = _read_state(state)
+        done.calibration = saved.get("calibration")
+        if saved.get("val_data") == val_name and saved.get("stages") is not None:
+            done.stages = saved["stages"]
+        elif main:
+            done.stages = evaluator.stage(start_stage, student, original=True)
+    elif main:
+        done.stages = evaluator.stage(start_stage, student, original=True)
+    if calibrate and not resuming:
+        with calibration_progress(stdout) as progress:
+            result = calibrate_model(student, teacher, train, samples=samples, pipeline=pipeline,
+                                     seed=options.get("seed", 0), progress=progress if main else None)
+        before = sum(layer.error_before for layer in result.layers) / max(1, len(result.layers))
+        stdout.print(f"calibrated {len(result.layers)} layers on {result.images} images in {result.seconds:.1f} s "
+                     f"(mean relative output error {before:.3f} -> {result.mean_error_after:.3f})", highlight=False)
+        done.calibration = result.to_dict()
+        if main:
+            done.stages += evaluator.stage("calibrated", student)
+    if distill:
+        if state is not None and not resuming and main:
+            state.parent.mkdir(parents=True, exist_ok=True)
+            state.write_text(json.dumps({"calibration": done.calibration, "val_data": val_name,
+                                         "stages": [asdict(stage) for stage in done.stages]}))
+        try:
+            with distillation_progress(stdout) as progress:
+                result = distill_model(student, teacher, [str(p) for p in data], val_data=val, pipeline=pipeline, device=target,
+                                       checkpoint=checkpoint, resume=resuming, progress=progress, **options)
+        except BaseException:
+            if checkpoint is not None and not checkpoint.is_file():  # stopped before the first checkpoint: keep nothing
+                remove_checkpoint(checkpoint)
+            raise
+        done.training = result.to_dict()["history"]
+        last = result.history[-1] if result.history else None
+        if last is not None and last.val_agreement is not None:
+            done.stages.append(AccuracyStage("distilled", last.val_top1, last.val_agreement, len(val), val_name))
+        elif main:
+            done.stages += evaluator.stage("distilled", student)
+    student.cpu().eval(), teacher.cpu().eval()
+    return done
+
+
+def _read_state(path: Path | None) -> dict[str, Any]:
+    """What ``_recover`` stored beside the checkpoint before distilling; empty if absent or unreadable."""
+    try:
+        state = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+        stages = state.get("stages")
+        state["stages"] = [AccuracyStage(**stage) for stage in stages] if isinstance(stages, list) else None
+        return state
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
