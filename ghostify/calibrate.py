@@ -484,6 +484,8 @@ def calibrate(
     start = time.perf_counter()
     layers = calibration_layers(student)
     if not layers:
+        if any(isinstance(m, GhostConv2dBNReLU) for m in student.modules()):
+            raise GhostifyError("the paper-bn-relu ghost modules are not linear, so they cannot be calibrated; distill the model instead.")
         raise GhostifyError("the student has no ghost modules to calibrate; convert the model first (ghostify.convert).")
     check_teacher_fits(student, teacher, [name for name, _ in layers])
     if pipeline is None and not isinstance(data, (torch.Tensor, torch.utils.data.Dataset, torch.utils.data.DataLoader)):

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .calibrate import calibrate as calibrate_model
-from .calibrate import check_teacher_fits
+from .calibrate import calibration_layers, check_teacher_fits
 from .data import InputPipeline, as_dataset, check_labels
 from .distill import agreement_and_accuracy
 from .distill import distill as distill_model
@@ -143,6 +143,10 @@ def recover(
             done.stages = evaluator.stage(start_stage, student, original=True)
     elif main:
         done.stages = evaluator.stage(start_stage, student, original=True)
+    if calibrate and distill and not calibration_layers(student):
+        calibrate = False  # the paper-bn-relu variant is not linear: distillation alone
+        stdout.print("note: these ghost modules (paper-bn-relu) cannot be calibrated; distilling from the data-free start.",
+                     highlight=False, soft_wrap=True)
     if calibrate and not resuming:
         with calibration_progress(stdout) as progress:
             result = calibrate_model(student, teacher, train, samples=samples, pipeline=pipeline,

@@ -381,3 +381,19 @@ def test_progress_displays(terminal, monkeypatch) -> None:
     assert "epoch 2/2  loss 2.41  agreement 91.2%  val agreement 90.1%  12.3 s" in text
     plain = ["calibrated layer1.0 (2 layers)  2/3", "calibrated layer2.0 (1 layer)  3/3"]
     assert all((line in text) != terminal for line in plain)  # a terminal shows the bar instead
+
+
+def test_distill_paper_variant_skips_calibration(world, tmp_path) -> None:
+    """The paper's BN+ReLU ghost modules are not linear: --distill says so and distils from the data-free start."""
+    out = tmp_path / "paper"
+    result = invoke(*base(world, "--variant", "paper-bn-relu", "--distill", "--epochs", "1", "--data", str(world["train"]),
+                          "--val-data", str(world["val"]), "-o", str(out)))
+    assert result.exit_code == 0, result.output
+    assert "cannot be calibrated" in result.output
+    assert_stages(report_of(out), ["original", "converted (data-free)", "distilled"])
+
+
+def test_calibrate_paper_variant_is_refused(world, tmp_path) -> None:
+    result = invoke(*base(world, "--variant", "paper-bn-relu", "--calibrate", "--data", str(world["train"])))
+    assert result.exit_code == 1
+    assert "cannot be calibrated" in result.output and "distill" in result.output
