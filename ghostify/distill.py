@@ -239,6 +239,15 @@ def _logits(output: Any) -> torch.Tensor:
     raise GhostifyError(f"the model returned {type(output).__name__}; distillation needs a tensor of class scores.")
 
 
+@torch.no_grad()
+def num_classes(model: nn.Module, dataset: Dataset, device: torch.device) -> int:
+    """How many classes ``model`` predicts, from one forward pass on the first image of ``dataset``."""
+    scores = _logits(model(dataset[0][0][None].to(device)))
+    if scores.ndim != 2:
+        raise GhostifyError(f"the model returned scores of shape {tuple(scores.shape)}, not (batch, classes); it cannot be distilled.")
+    return int(scores.shape[1])
+
+
 # --- evaluation ----------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -365,9 +374,7 @@ def distill(
 
     student.to(world.device)
     teacher.to(world.device).eval()
-    with torch.no_grad():
-        probe = dataset[0][0][None].to(world.device)
-        num_outputs = _logits(teacher(probe)).shape[1]
+    num_outputs = num_classes(teacher, dataset, world.device)
     check_labels(dataset, num_outputs)
     if val_dataset is not None:
         check_labels(val_dataset, num_outputs)

@@ -14,11 +14,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .data import IMAGENET_MEAN, IMAGENET_STD
 from .errors import GhostifyError
 from .measure import model_device
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass

@@ -23,9 +23,9 @@ from torch.utils.data import Dataset
 from .calibrate import calibrate as calibrate_model
 from .calibrate import calibration_layers, check_teacher_fits
 from .data import InputPipeline, as_dataset, check_labels
-from .distill import agreement_and_accuracy
+from .distill import agreement_and_accuracy, num_classes
 from .distill import distill as distill_model
-from .errors import ConfigError, GhostifyError
+from .errors import ConfigError
 from .ghost_module import GhostConv2d
 from .measure import resolve_device
 from .progress import calibration_progress, distillation_progress
@@ -65,19 +65,6 @@ def remove_checkpoint(checkpoint: Path | None) -> None:
         for path in (checkpoint, _state_file(checkpoint)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-
-
-def _model_outputs(model: nn.Module, dataset: Dataset, device: torch.device) -> int:
-    """How many classes ``model`` predicts, from one forward pass on the first image."""
-    with torch.no_grad():
-        output = model(dataset[0][0][None].to(device))
-    if isinstance(output, dict):
-        output = next((value for value in output.values() if isinstance(value, torch.Tensor)), output)
-    elif isinstance(output, (list, tuple)) and output:
-        output = output[0]
-    if not isinstance(output, torch.Tensor) or output.ndim != 2:
-        raise GhostifyError(f"the model returned {type(output).__name__}, not a (batch, classes) tensor of class scores; it cannot be distilled.")
-    return int(output.shape[1])
 
 
 @dataclass
@@ -121,7 +108,7 @@ def recover(
     train = as_dataset([str(p) for p in data], pipeline)  # missing / empty / too small images fail here, before any work
     val = as_dataset([str(p) for p in val_data], pipeline) if val_data else None
     student.to(target), teacher.to(target)
-    outputs = _model_outputs(teacher, train, target)
+    outputs = num_classes(teacher, train, target)
     check_labels(train, outputs)
     if val is not None:
         check_labels(val, outputs)
