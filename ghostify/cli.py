@@ -7,6 +7,7 @@ traceback; typer itself rejects malformed options (``--ratio 1.5``) with exit 2.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import re
 import sys
@@ -17,6 +18,7 @@ from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 from torch import nn
@@ -28,14 +30,36 @@ from .data import InputPipeline
 from .distill import DistillConfig
 from .errors import ConfigError, GhostifyError
 from .evaluate import AccuracyStats, image_folder
+from .formatting import MISSING, display_spec, human_count, percent_text, saving_percent, shorten
 from .graph_pass import VARIANTS
-from .models import ResolvedModel, default_input_size, resolve_model
+from .measure import example_input, layer_macs
+from .models import DEFAULT_SEED, ResolvedModel, default_input_size, resolve_model
 from .outputs import atomic_directory, check_output_path
+from .progress import step
 from .recovery import Recovery, check_resume, checkpoint_file, is_main_process, recover, remove_checkpoint
 from .report import ComparisonReport, compare
+from .report_render import layer_status
 from .selection import ConversionPlan
-from .serialization import base_weights, load, read_recipe, recorded_inputs, write_model_files
-from .sweep import parse_ratios, sweep as sweep_ratios
+from .serialization import load, origin_mismatch, read_recipe, recorded_inputs, recorded_origin, write_model_files
+from .sweep import parse_ratios, sweep as sweep_ratios, write_sweep_models
+from .version import __version__
+
+def _plain_placeholders() -> None:
+    """Help shows ``MODEL`` and ``S`` instead of typer's ``{model}``, ``<int range>``, and nothing after a flag.
+
+    typer 0.2x prints every parameter's Python type (``<bool>`` after ``--force``); ghostify's help
+    names each value by its metavar, as most command-line tools do.
+    """
+    def display_type(self, ctx):  # noqa: ANN001 - typer's signature
+        return None if getattr(self, "is_flag", False) or self.metavar is None else self.metavar
+
+    typer.core.TyperOption.display_type_rich = display_type
+    typer.core.TyperArgument.display_type_rich = lambda self, ctx: None
+    typer.core.TyperArgument._usage_display_name = lambda self: self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+    typer.core.TyperOption._get_number_range_help_str = lambda self: ""
+
+
+_plain_placeholders()
 
 app = typer.Typer(
     name="ghostify",
@@ -57,41 +81,82 @@ class InitMode(str, Enum):
     random = "random"
 
 
-ModelArg = Annotated[str, typer.Argument(help="timm name (resnet50), torchvision:NAME, or path/to/file.py:function.", show_default=False)]
-RatioOpt = Annotated[int, typer.Option("--ratio", "-s", min=2, help="Ghost ratio s: each intrinsic map makes s-1 ghosts (~s times cheaper).")]
-DwSizeOpt = Annotated[int, typer.Option("--dw-size", "-d", min=1, help="Kernel size d of the cheap depthwise conv (odd).")]
-IncludeOpt = Annotated[Optional[list[str]], typer.Option("--include", help="Convert only layers matching this pattern (repeatable): name, suffix, glob, or re:REGEX.")]
-ExcludeOpt = Annotated[Optional[list[str]], typer.Option("--exclude", help="Leave layers matching this pattern alone (repeatable).")]
-LayerRatioOpt = Annotated[Optional[list[str]], typer.Option("--layer-ratio", help="PATTERN=RATIO override (repeatable, first match wins; RATIO 1 keeps the layer).")]
-MinChannelsOpt = Annotated[int, typer.Option("--min-channels", min=1, help="Leave convs with fewer output channels alone.")]
-SkipStemOpt = Annotated[bool, typer.Option("--skip-stem/--convert-stem", help="Keep the first conv as it is (default, as in the paper: it costs few MACs and converting it loses the most accuracy), or convert it too.")]
-SkipPointwiseOpt = Annotated[bool, typer.Option("--skip-pointwise", help="Leave 1x1 convs alone.")]
-CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Weights to load: a state dict, {'state_dict': ...} or {'model': ...}; a 'module.' prefix is stripped.")]
-TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow checkpoints holding pickled Python objects. Unpickling can run code: only for files you trust.")]
-PretrainedOpt = Annotated[bool, typer.Option("--pretrained", help="Download the source's pretrained weights (needs a network).")]
-DataOpt = Annotated[Optional[Path], typer.Option("--data", help="ImageFolder root (DIR/<class>/<image>) to measure top-1 and agreement with the original.")]
-DataDirsOpt = Annotated[Optional[list[Path]], typer.Option("--data", help=(
-    "Images to calibrate/distill on (repeatable): an ImageFolder tree DIR/<class>/<image> or a flat folder. "
-    "convert without --calibrate/--distill: one ImageFolder root to measure top-1 and agreement on."))]
-ValDataOpt = Annotated[Optional[list[Path]], typer.Option("--val-data", help=(
-    "Held-out images (repeatable) to measure agreement with the original (and top-1, when in class folders) after "
-    "each step and each epoch."))]
-DataLimitOpt = Annotated[Optional[int], typer.Option("--data-limit", min=1, help="Use at most this many images of --data (spread over all classes).")]
-LatencyOpt = Annotated[bool, typer.Option("--latency", help="Also time both models (median of repeated runs, interleaved).")]
-DeviceOpt = Annotated[str, typer.Option(help="Device: cpu, cuda or cuda:N; for --latency, and for calibration and training.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing non-empty output directory.")]
-InputSizeOpt = Annotated[Optional[str], typer.Option("--input-size", help="C,H,W of one input (default: the model's own, else 3,224,224).")]
-MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="Per-channel mean to normalise images with, e.g. 0.4914,0.4822,0.4465 (default: the model's own, else ImageNet's).")]
-StdOpt = Annotated[Optional[str], typer.Option("--std", help="Per-channel std to normalise images with, e.g. 0.247,0.243,0.261 (default: the model's own, else ImageNet's).")]
-_TRAINING = DistillConfig()  # the defaults shown in --help
-EpochsOpt = Annotated[Optional[int], typer.Option("--epochs", min=1, help=f"Distillation epochs (default {_TRAINING.epochs}).", show_default=False)]
-BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help=f"Distillation batch size (default {_TRAINING.batch_size}).", show_default=False)]
-LrOpt = Annotated[Optional[float], typer.Option("--lr", help=f"Peak learning rate of distillation (default {_TRAINING.lr}).", show_default=False)]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Seed of every random choice of calibration and distillation (default 0).", show_default=False)]
-CalibrationSamplesOpt = Annotated[Optional[int], typer.Option("--calibration-samples", min=1, help="Images of --data that calibration fits on (default 512).", show_default=False)]
-ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted distillation from its checkpoint (kept beside the output directory).")]
-
 CALIBRATION_SAMPLES = 512
+_TRAINING = DistillConfig()  # the defaults shown in --help
+
+
+def _flag(*names: str, help: str) -> Any:
+    """An on/off option; its help says what the default is (typer shows none for flags)."""
+    return typer.Option(*names, help=help, show_default=False)
+
+
+def _value(*names: str, metavar: str, help: str, min: int | None = None, **extra: Any) -> Any:
+    """An option taking a value: ``help`` must give its default and an example (``ghostify --help`` is the manual)."""
+    return typer.Option(*names, metavar=metavar, help=help, min=min, show_default=False, **extra)
+
+
+ModelArg = Annotated[str, typer.Argument(metavar="MODEL", help="The model: a timm name (resnet50), torchvision:NAME (torchvision:resnet18), or your code as path/to/file.py:function.", show_default=False)]
+RatioOpt = Annotated[int, _value("--ratio", "-s", metavar="S", min=2, help="Ghost ratio s: each intrinsic map makes s-1 ghosts, so a layer costs about s times less; e.g. --ratio 4 (default 2).")]
+DwSizeOpt = Annotated[int, _value("--dw-size", "-d", metavar="D", min=1, help="Kernel size of the cheap depthwise conv, odd; e.g. --dw-size 5 (default 3).")]
+IncludeOpt = Annotated[Optional[list[str]], _value("--include", metavar="PATTERN", help="Convert only the layers this pattern matches (repeatable): an exact name, a dotted suffix (conv1 also matches layer1.0.conv1), a glob or re:REGEX (whole name); e.g. --include 'layer4.*' (default: every eligible layer). The matches are printed.")]
+ExcludeOpt = Annotated[Optional[list[str]], _value("--exclude", metavar="PATTERN", help="Leave the layers this pattern matches alone (repeatable; patterns as --include; re:conv1 matches only the layer named conv1); e.g. --exclude layer1.0.conv1 (default: none).")]
+LayerRatioOpt = Annotated[Optional[list[str]], _value("--layer-ratio", metavar="PATTERN=S", help="Ratio for the layers a pattern matches (repeatable, first match wins; 1 keeps the layer); e.g. --layer-ratio 'layer4.*=4' (default: --ratio everywhere).")]
+MinChannelsOpt = Annotated[int, _value("--min-channels", metavar="N", min=1, help="Leave convs with fewer output channels alone; e.g. --min-channels 64 (default 8).")]
+SkipStemOpt = Annotated[bool, typer.Option("--skip-stem/--convert-stem", help="Keep the first conv (default, as in the paper: it costs few MACs and converting it loses the most accuracy), or convert it too.", show_default=False)]
+SkipOutputOpt = Annotated[bool, typer.Option("--skip-output/--convert-output", help="Keep the convs that produce the model's output, such as a 1x1 classifier conv (default: converting one makes half the class scores cheap copies of the others), or convert them too.", show_default=False)]
+SkipPointwiseOpt = Annotated[bool, _flag("--skip-pointwise", help="Leave every 1x1 conv alone (default: off).")]
+CheckpointOpt = Annotated[Optional[Path], _value("--checkpoint", "-c", metavar="FILE", help="Weights to load: a state dict, {'state_dict': ...} or {'model': ...}, a 'module.' prefix is stripped; e.g. -c resnet20.th (default: random weights, seeded and recorded).")]
+TrustOpt = Annotated[bool, _flag("--trust-checkpoint", help="Allow checkpoints holding pickled Python objects; unpickling can run code, so only for files you trust (default: off, weights only).")]
+PretrainedOpt = Annotated[bool, _flag("--pretrained", help="Use the source's pretrained weights; needs a network or a filled cache (default: off).")]
+DataOpt = Annotated[Optional[Path], _value("--data", metavar="DIR", help="An ImageFolder root (DIR/<class>/<image>) to measure top-1 and agreement with the original on; e.g. --data imagenet/val (default: no accuracy measured).")]
+DataDirsOpt = Annotated[Optional[list[Path]], _value("--data", metavar="DIR", help=(
+    "Images to calibrate/distill on (repeatable): an ImageFolder tree DIR/<class>/<image> or a flat folder; "
+    "without --calibrate/--distill, one ImageFolder root to measure top-1 and agreement on; e.g. --data train/ (default: none)."))]
+ValDataOpt = Annotated[Optional[list[Path]], _value("--val-data", metavar="DIR", help=(
+    "Held-out images (repeatable) to measure agreement with the original (and top-1, when in class folders) after "
+    "each step and each epoch; e.g. --val-data val/ (default: none)."))]
+DataLimitOpt = Annotated[Optional[int], _value("--data-limit", metavar="N", min=1, help="Use at most N images of --data, spread over all classes; e.g. --data-limit 500 (default: all).")]
+LatencyOpt = Annotated[bool, _flag("--latency", help="Also time both models: the median of interleaved runs (default: off).")]
+DeviceOpt = Annotated[str, _value("--device", metavar="DEVICE", help="Where to time, calibrate and train: cpu, cuda or cuda:N; e.g. --device cuda (default cpu).")]
+ForceOpt = Annotated[bool, _flag("--force", help="Replace an existing non-empty output directory (default: refuse).")]
+InputSizeOpt = Annotated[Optional[str], _value("--input-size", metavar="SIZE", help="One input's size: S for a 3xSxS image or C,H,W; e.g. --input-size 32 or --input-size 3,224,224 (default: the model's own, else 3,224,224).")]
+MeanOpt = Annotated[Optional[str], _value("--mean", metavar="M,M,M", help="Per-channel mean to normalise images with; e.g. --mean 0.4914,0.4822,0.4465 (default: the model's own, else ImageNet's).")]
+StdOpt = Annotated[Optional[str], _value("--std", metavar="S,S,S", help="Per-channel std to normalise images with; e.g. --std 0.247,0.243,0.261 (default: the model's own, else ImageNet's).")]
+EpochsOpt = Annotated[Optional[int], _value("--epochs", metavar="N", min=1, help=f"Distillation epochs; e.g. --epochs 30 (default {_TRAINING.epochs}).")]
+BatchSizeOpt = Annotated[Optional[int], _value("--batch-size", metavar="N", min=1, help=f"Distillation batch size; e.g. --batch-size 64 (default {_TRAINING.batch_size}).")]
+LrOpt = Annotated[Optional[float], _value("--lr", metavar="LR", help=f"Peak learning rate of distillation; e.g. --lr 3e-4 (default {_TRAINING.lr}).")]
+SeedOpt = Annotated[Optional[int], _value("--seed", metavar="N", min=0, help="Seed of every random choice of calibration and distillation; e.g. --seed 1 (default 0).")]
+CalibrationSamplesOpt = Annotated[Optional[int], _value("--calibration-samples", metavar="N", min=1, help=f"Images of --data that calibration fits on; e.g. --calibration-samples 1024 (default {CALIBRATION_SAMPLES}).")]
+ResumeOpt = Annotated[bool, _flag("--resume", help="Continue an interrupted distillation from its checkpoint, kept beside the output directory (default: start over).")]
+LayersOpt = Annotated[bool, _flag("--layers", help="Print the per-layer table too (default: the summary only).")]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        stdout.print(f"ghostify {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print ghostify's version and exit.")] = False,
+) -> None:
+    """Turn the convs of a CNN into GhostNet ghost modules and report what it saves."""
+
+
+def _command(function: Callable[..., None]) -> Callable[..., None]:
+    """Register a command whose user mistakes print one line (exit 1) and whose Ctrl-C prints one line (exit 130)."""
+
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            function(*args, **kwargs)
+        except GhostifyError as err:
+            _fail(str(err))
+        except KeyboardInterrupt:
+            _interrupted(None)
+
+    return app.command(name=function.__name__.removesuffix("_command"))(run)
 
 
 def _fail(message: str) -> NoReturn:
@@ -104,13 +169,16 @@ def _parse_input_size(text: str | None) -> tuple[int, int, int] | None:
     if text is None:
         return None
     parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
-    if not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts) or len(parts) not in (1, 2, 3):
-        raise ConfigError(f"--input-size must look like 3,224,224 (C,H,W), 224,224 or 224, every number >= 1; got {text!r}.")
+    if len(parts) == 2 and all(p.isascii() and p.isdigit() for p in parts):
+        raise ConfigError(
+            f"--input-size {text} is ambiguous (C,H or H,W?): give S for a 3xSxS image, e.g. --input-size {parts[-1]}, "
+            f"or all three of C,H,W, e.g. --input-size 3,{parts[-1]},{parts[-1]}."
+        )
+    if not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts) or len(parts) not in (1, 3):
+        raise ConfigError(f"--input-size must be S (a 3xSxS image, e.g. 224) or C,H,W (e.g. 3,224,224), every number >= 1; got {text!r}.")
     values = [int(p) for p in parts]
     if len(values) == 1:
         values = [3, values[0], values[0]]
-    elif len(values) == 2:
-        values = [3, *values]
     return values[0], values[1], values[2]
 
 
@@ -124,33 +192,55 @@ def _parse_layer_ratios(rules: list[str] | None) -> list[tuple[str, int]]:
     return parsed
 
 
-def _config(ratio: int, dw_size: int, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, variant="linear", init="transfer") -> GhostConfig:
+def _config(ratio: int, dw_size: int, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise,
+            skip_output: bool = True, variant: str = "linear", init: str = "transfer") -> GhostConfig:
     return GhostConfig(
         ratio=ratio, dw_size=dw_size, include=tuple(include or ()), exclude=tuple(exclude or ()),
         layer_ratios=tuple(_parse_layer_ratios(layer_ratio)), min_channels=min_channels,
-        skip_stem=skip_stem, skip_pointwise=skip_pointwise, variant=variant, init=init,
+        skip_stem=skip_stem, skip_pointwise=skip_pointwise, skip_output=skip_output, variant=variant, init=init,
     )
 
 
-def plan_table(plan: ConversionPlan) -> Table:
-    """Every conv with its decision, for ``inspect`` and ``convert --dry-run``."""
-    table = Table(title=f"Conversion plan ({len(plan.converted)} of {len(plan.layers)} convs converted)", title_justify="left")
-    for column in ("layer", "in->out", "kernel", "stride", "calls", "ratio", "decision"):
-        table.add_column(column, justify="right" if column in ("calls", "ratio") else "left")
-    for layer in plan.layers:
+def plan_table(plan: ConversionPlan, macs: dict[str, tuple[int, int]] | None = None) -> Table:
+    """Every conv with its decision, for ``inspect`` and ``convert --dry-run``; with ``macs`` (``measure.layer_macs``)
+    also each layer's MACs now and the share the plan saves."""
+    macs = macs or {}
+    title = f"Conversion plan ({len(plan.converted)} of {len(plan.layers)} convs converted"
+    if macs:
+        before, after = sum(b for b, _ in macs.values()), sum(a for _, a in macs.values())
+        title += f"; conv MACs {human_count(before)} -> {human_count(after)}, {percent_text(saving_percent(before, after))}"
+    footnotes: dict[str, int] = {}
+    statuses = [layer_status(layer, footnotes) for layer in plan.layers]
+    table = Table(title=title + ")", title_justify="left", caption="\n".join(f"[{n}] {reason}" for reason, n in footnotes.items()) or None,
+                  caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    table.add_column("layer", overflow="ellipsis", min_width=12)  # only the name may shrink: one line per layer
+    for column in ("in->out", "kernel", "stride", "dilation", "calls", "MACs", "saving", "decision"):
+        table.add_column(column, justify="right" if column in ("calls", "MACs", "saving") else "left", no_wrap=True)
+    for layer, status in zip(plan.layers, statuses):
         kernel = "x".join(map(str, layer.kernel_size)) if layer.kernel_size else "?"
         stride = "x".join(map(str, layer.stride)) if layer.stride else "-"
-        decision = "[green]convert[/]" if layer.convert else f"[yellow]keep[/]: {layer.reason}"
-        table.add_row(layer.name, f"{layer.in_channels}->{layer.out_channels}", kernel, stride,
-                      str(layer.call_sites), str(layer.ratio), decision)
+        dilation = "x".join(map(str, layer.dilation)) if layer.dilation else "-"
+        before, after = macs.get(layer.name, (None, None))
+        saving = percent_text(saving_percent(before, after)) if layer.convert else MISSING
+        table.add_row(layer.name, f"{layer.in_channels}->{layer.out_channels}", kernel, stride, dilation,
+                      str(layer.call_sites), human_count(before), saving, status)
     return table
 
 
 def _print_trace(plan: ConversionPlan) -> None:
     if plan.trace == "fx":
-        stdout.print("analysis: torch.fx graph (call sites and stem from the traced forward)")
-    else:
-        stdout.print(f"analysis: module walk, because {escape(str(plan.trace_note))}", soft_wrap=True)
+        stdout.print("analysis: torch.fx graph (call sites, stem and output convs from the traced forward)")
+    else:  # the whole note is in report.json
+        stdout.print(f"analysis: module walk, because {escape(shorten(str(plan.trace_note)))}", soft_wrap=True)
+
+
+def _print_selection(plan: ConversionPlan) -> None:
+    """What each name pattern matched (suffix matches say so), and a warning when nothing is converted."""
+    for match in plan.pattern_matches():
+        stdout.print(escape(match.describe()), highlight=False, soft_wrap=True)
+    reason = plan.why_nothing_converted()
+    if reason:
+        stderr.print(f"[bold yellow]warning:[/] nothing was converted: {escape(reason)}", highlight=False, soft_wrap=True)
 
 
 def _data_args(data: Path | None, limit: int | None, size: tuple[int, int, int], model,
@@ -177,18 +267,21 @@ def _parse_floats(name: str, text: str | None) -> tuple[float, ...] | None:
     return values
 
 
-def _load_any(spec: str, checkpoint: Path | None, trust: bool) -> tuple[nn.Module, str]:
-    """A model from a spec, or from a directory written by ``convert -o``; with its display name."""
+def _load_any(spec: str, checkpoint: Path | None, trust: bool, *, pretrained: bool = False, seed: int = DEFAULT_SEED,
+              base_model: nn.Module | None = None, label: str = "model") -> tuple[nn.Module, str, ResolvedModel | None]:
+    """A model from a spec (random weights drawn with ``seed``), or from a directory written by ``convert -o``
+    (built on ``base_model`` when given); with its display name and, for a spec, how it was built."""
     path = Path(spec)
     if path.is_dir():
-        if checkpoint is not None:
-            raise ConfigError(f"{spec} is a saved ghostify directory: it carries its weights, so --checkpoint does not apply to it.")
-        with stdout.status(f"loading {spec} ..."):
-            model = load(path, trust_checkpoint=trust)
-        stdout.print(f"model: [bold]{escape(spec)}[/] (saved ghostify model)", highlight=False, soft_wrap=True)
-        return model, spec
-    resolved = _resolve(spec, checkpoint, trust, False)
-    return resolved.model, resolved.spec
+        if checkpoint is not None or pretrained:
+            option = "--checkpoint" if checkpoint is not None else "--pretrained"
+            raise ConfigError(f"{spec} is a saved ghostify directory: it carries its weights, so {option} does not apply to it.")
+        with step(stdout, f"loading {spec}"):
+            model = load(path, base_model=base_model, trust_checkpoint=trust)
+        stdout.print(f"{label}: [bold]{escape(spec)}[/] (saved ghostify model)", highlight=False, soft_wrap=True)
+        return model, spec, None
+    resolved = _resolve(spec, checkpoint, trust, pretrained, label=label, seed=seed)
+    return resolved.model, display_spec(resolved.spec), resolved
 
 
 def _write_output(output: Path, force: bool, write: Callable[[Path], object]) -> None:
@@ -199,16 +292,26 @@ def _write_output(output: Path, force: bool, write: Callable[[Path], object]) ->
     stdout.print(f"wrote {escape(str(output))}/ ({escape(written)})", highlight=False, soft_wrap=True)
 
 
-def _show_plan(model: nn.Module, config: GhostConfig) -> None:
+def _show_plan(model: nn.Module, config: GhostConfig, input_size: tuple[int, int, int]) -> None:
+    """The plan table of ``inspect`` / ``--dry-run``, with per-layer MACs from one forward pass at ``input_size``."""
     plan = plan_conversion(model, config)
     _print_trace(plan)
-    stdout.print(plan_table(plan))
+    _print_selection(plan)
+    try:
+        macs = layer_macs(model, plan, example_input(input_size))
+    except Exception as err:  # the model's own forward failing: the plan is still worth showing
+        stderr.print(f"[bold yellow]warning:[/] no per-layer MACs: the model failed on a 1x{'x'.join(map(str, input_size))} "
+                     f"input ({type(err).__name__}: {escape(shorten(str(err), 200))}); pass --input-size.", highlight=False, soft_wrap=True)
+        macs = None
+    stdout.print(plan_table(plan, macs))
 
 
-def _resolve(model: str, checkpoint: Path | None, trust: bool, pretrained: bool, label: str = "model") -> ResolvedModel:
-    with stdout.status(f"building {model} ..."):
-        resolved = resolve_model(model, checkpoint=checkpoint, pretrained=pretrained, trust_checkpoint=trust)
-    stdout.print(f"{label}: [bold]{escape(resolved.spec)}[/], {escape(resolved.weights_note)}", highlight=False, soft_wrap=True)
+def _resolve(model: str, checkpoint: Path | None, trust: bool, pretrained: bool, label: str = "model",
+             seed: int = DEFAULT_SEED) -> ResolvedModel:
+    """Build ``model`` (random weights drawn with ``seed`` when there are no others) and say what was built."""
+    with step(stdout, f"building {model}"):
+        resolved = resolve_model(model, checkpoint=checkpoint, pretrained=pretrained, trust_checkpoint=trust, seed=seed)
+    stdout.print(f"{label}: [bold]{escape(display_spec(resolved.spec))}[/], {escape(resolved.weights_note)}", highlight=False, soft_wrap=True)
     return resolved
 
 
@@ -242,7 +345,7 @@ def _interrupted(checkpoint: Path | None) -> NoReturn:
     raise typer.Exit(code=130)
 
 
-@app.command()
+@_command
 def convert(
     model: ModelArg,
     ratio: RatioOpt = 2,
@@ -252,20 +355,21 @@ def convert(
     layer_ratio: LayerRatioOpt = None,
     min_channels: MinChannelsOpt = 8,
     skip_stem: SkipStemOpt = True,
+    skip_output: SkipOutputOpt = True,
     skip_pointwise: SkipPointwiseOpt = False,
-    variant: Annotated[Variant, typer.Option(help="Ghost module kind: 'linear' is a drop-in for a conv; 'paper-bn-relu' has BN+ReLU inside (train it).")] = Variant("linear"),
-    init: Annotated[InitMode, typer.Option(help="'transfer' starts from the original weights; 'random' from scratch.")] = InitMode.transfer,
+    variant: Annotated[Variant, _value("--variant", metavar="KIND", help="Ghost module kind: linear (a drop-in for the conv) or paper-bn-relu (BN+ReLU inside, as in the paper: train it); e.g. --variant paper-bn-relu (default linear).")] = Variant("linear"),
+    init: Annotated[InitMode, _value("--init", metavar="HOW", help="How ghost modules start: transfer (from the original weights) or random; e.g. --init random (default transfer).")] = InitMode.transfer,
     checkpoint: CheckpointOpt = None,
     trust_checkpoint: TrustOpt = False,
     pretrained: PretrainedOpt = False,
     input_size: InputSizeOpt = None,
     mean: MeanOpt = None,
     std: StdOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write model.safetensors, ghostify.json and the report (JSON, Markdown, HTML) here.")] = None,
+    output: Annotated[Optional[Path], _value("--output", "-o", metavar="DIR", help="Write model.safetensors, ghostify.json and the report (JSON, Markdown, HTML) here; e.g. -o out/r50 (default: write nothing).")] = None,
     force: ForceOpt = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan only; convert nothing.")] = False,
-    calibrate: Annotated[bool, typer.Option("--calibrate", help="Fit each ghost module to the original layer's outputs on --data (closed form, no training; minutes).")] = False,
-    distill: Annotated[bool, typer.Option("--distill", help="Calibrate, then train the ghost model to reproduce the original on --data (knowledge distillation).")] = False,
+    dry_run: Annotated[bool, _flag("--dry-run", help="Show the plan only, with per-layer MACs; convert nothing (default: off).")] = False,
+    calibrate: Annotated[bool, _flag("--calibrate", help="Fit each ghost module to the original layer's outputs on --data: closed form, no training, about a minute (default: off).")] = False,
+    distill: Annotated[bool, _flag("--distill", help="Calibrate, then train the ghost model to reproduce the original on --data, by knowledge distillation (default: off).")] = False,
     data: DataDirsOpt = None,
     val_data: ValDataOpt = None,
     data_limit: DataLimitOpt = None,
@@ -277,7 +381,7 @@ def convert(
     resume: ResumeOpt = False,
     latency: LatencyOpt = False,
     device: DeviceOpt = "cpu",
-    layers: Annotated[bool, typer.Option("--layers", help="Print the per-layer table too.")] = False,
+    layers: LayersOpt = False,
 ) -> None:
     """Convert MODEL's eligible convs to ghost modules and print a before/after report.
 
@@ -289,7 +393,8 @@ def convert(
         ckpt = checkpoint_file(output) if distill and output is not None and not dry_run else None
         if not is_main_process():
             stdout.quiet = True
-        config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, variant.value, init.value)
+        config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, skip_output,
+                         variant.value, init.value)
         size = explicit_size = _parse_input_size(input_size)  # a typo fails before the model is built
         norm_mean, norm_std = _parse_floats("--mean", mean), _parse_floats("--std", std)
         options = _training_options(epochs, batch_size, lr, seed)
@@ -300,11 +405,12 @@ def convert(
         resolved = _resolve(model, checkpoint, trust_checkpoint, pretrained)
         size = size or default_input_size(resolved.model)
         if dry_run:
-            _show_plan(resolved.model, config)
+            _show_plan(resolved.model, config, size)
             return
-        with stdout.status("converting ..."):
+        with step(stdout, "converting"):
             converted = convert_model(resolved.model, config)
         _print_trace(converted.ghostify_plan)
+        _print_selection(converted.ghostify_plan)
         done = None
         if recovering:
             pipeline = InputPipeline.for_model(resolved.model, explicit_size, norm_mean, norm_std)
@@ -315,9 +421,10 @@ def convert(
             if not is_main_process():
                 return
         eval_data = (data or [None])[0] if not recovering else None
-        with stdout.status("measuring ..."):
+        name = display_spec(resolved.spec)
+        with step(stdout, "measuring"):
             report = compare(resolved.model, converted, input_size=size, latency=latency, device=device,
-                             original_name=resolved.spec, converted_name=f"{resolved.spec} (ghost s={ratio})",
+                             original_name=name, converted_name=f"{name} (ghost s={ratio})",
                              **_data_args(eval_data, data_limit, size, resolved.model, norm_mean, norm_std))
         report.weights_note = resolved.weights_note
         if done is not None:
@@ -328,7 +435,7 @@ def convert(
         if output is not None:
             def write_model_and_report(staging: Path) -> None:
                 write_model_files(converted, staging, base_model=resolved.spec, base_checkpoint=checkpoint, base_pretrained=pretrained,
-                                  inputs={"input_size": explicit_size, "mean": norm_mean, "std": norm_std})
+                                  base_seed=resolved.seed, inputs={"input_size": explicit_size, "mean": norm_mean, "std": norm_std})
                 report.save(staging)
 
             _write_output(output, force, write_model_and_report)
@@ -363,7 +470,7 @@ def _check_convert_options(recovering: bool, distill: bool, data: list[Path] | N
         raise ConfigError("--resume needs -o OUT: the distillation checkpoint is kept beside the output directory.")
 
 
-@app.command(name="distill")
+@_command
 def distill_command(
     saved: Annotated[Path, typer.Argument(metavar="SAVED_DIR", help="A directory written by `ghostify convert -o` (or by this command).", show_default=False)],
     data: DataDirsOpt = None,
@@ -372,14 +479,14 @@ def distill_command(
     batch_size: BatchSizeOpt = None,
     lr: LrOpt = None,
     seed: SeedOpt = None,
-    teacher: Annotated[Optional[str], typer.Option("--teacher", help="The original model (a spec, see convert) (default: the base model recorded in SAVED_DIR).", show_default=False)] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="The teacher's weights (default: the base checkpoint recorded in SAVED_DIR).", show_default=False)] = None,
+    teacher: Annotated[Optional[str], _value("--teacher", metavar="MODEL", help="The original model, a spec as in convert; e.g. --teacher resnet50 (default: the base model recorded in SAVED_DIR).")] = None,
+    checkpoint: Annotated[Optional[Path], _value("--checkpoint", "-c", metavar="FILE", help="The teacher's weights; e.g. -c resnet20.th (default: the base checkpoint recorded in SAVED_DIR).")] = None,
     trust_checkpoint: TrustOpt = False,
-    pretrained: Annotated[bool, typer.Option("--pretrained", help="The teacher has its source's pretrained weights (needs a network or the cache).")] = False,
+    pretrained: Annotated[bool, _flag("--pretrained", help="The teacher has its source's pretrained weights; needs a network or the cache (default: off).")] = False,
     input_size: InputSizeOpt = None,
     mean: MeanOpt = None,
     std: StdOpt = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the distilled model and its report here (default: replace SAVED_DIR).", show_default=False)] = None,
+    output: Annotated[Optional[Path], _value("--output", "-o", metavar="DIR", help="Write the distilled model and its report here; e.g. -o out/r20-kd2 (default: replace SAVED_DIR).")] = None,
     force: ForceOpt = False,
     resume: ResumeOpt = False,
     latency: LatencyOpt = False,
@@ -412,7 +519,7 @@ def distill_command(
         else:  # refining in place: SAVED_DIR is replaced, but never the data or weights inside it
             check_output_path(saved, force=True, inputs=inputs)
         resolved = _resolve(teacher_spec, teacher_checkpoint, trust_checkpoint, teacher_pretrained, label="teacher")
-        with stdout.status(f"loading {saved} ..."):
+        with step(stdout, f"loading {saved}"):
             student = load(saved, base_model=resolved.model)  # the teacher's architecture must fit the student's
         stdout.print(f"student: [bold]{escape(str(saved))}[/] (saved ghostify model)", highlight=False, soft_wrap=True)
         pipeline = InputPipeline.for_model(resolved.model, size, norm_mean, norm_std)
@@ -422,9 +529,9 @@ def distill_command(
         if not is_main_process():
             return
         size = size or default_input_size(resolved.model)
-        with stdout.status("measuring ..."):
+        with step(stdout, "measuring"):
             report = compare(resolved.model, student, input_size=size, latency=latency, device=device,
-                             original_name=resolved.spec, converted_name=f"{saved.name} (distilled)")
+                             original_name=display_spec(resolved.spec), converted_name=f"{saved.name} (distilled)")
         report.weights_note = resolved.weights_note
         _fill_report(report, done)
         report.calibration = _previous_calibration(saved)
@@ -432,7 +539,7 @@ def distill_command(
 
         def write_model_and_report(staging: Path) -> None:
             write_model_files(student, staging, base_model=resolved.spec, base_checkpoint=teacher_checkpoint,
-                              base_pretrained=teacher_pretrained, inputs=explicit)
+                              base_pretrained=teacher_pretrained, base_seed=resolved.seed, inputs=explicit)
             report.save(staging)
 
         _write_output(target, force if output is not None else True, write_model_and_report)
@@ -448,11 +555,12 @@ def _teacher_source(saved: Path, recipe: dict[str, Any], spec: str | None, check
     """(spec, checkpoint, pretrained) of the teacher: the options, else what SAVED_DIR's recipe records."""
     given = spec is not None
     if spec is None:
-        spec = recipe.get("base_model")
+        origin = recorded_origin(saved, recipe)  # a model file that moved along with SAVED_DIR is found there
+        spec = origin.spec
         if not spec:
             raise ConfigError(f"{saved} does not record the model it was converted from; pass --teacher SPEC -c CKPT.")
         if checkpoint is None and not pretrained:
-            checkpoint, pretrained = base_weights(saved, recipe)
+            checkpoint, pretrained = origin.checkpoint, origin.pretrained
             if checkpoint is not None and not checkpoint.is_file():
                 raise ConfigError(f"{saved} was converted from the weights in {checkpoint}, which no longer exist there; "
                                   "pass -c CKPT with the original model's weights.")
@@ -472,7 +580,7 @@ def _previous_calibration(saved: Path) -> dict[str, Any] | None:
     return None
 
 
-@app.command()
+@_command
 def inspect(
     model: ModelArg,
     ratio: RatioOpt = 2,
@@ -482,67 +590,84 @@ def inspect(
     layer_ratio: LayerRatioOpt = None,
     min_channels: MinChannelsOpt = 8,
     skip_stem: SkipStemOpt = True,
+    skip_output: SkipOutputOpt = True,
     skip_pointwise: SkipPointwiseOpt = False,
     checkpoint: CheckpointOpt = None,
     trust_checkpoint: TrustOpt = False,
+    input_size: InputSizeOpt = None,
 ) -> None:
-    """Show every conv of MODEL, whether it would be converted, at what ratio, and why not."""
-    try:
-        config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise)
-        resolved = _resolve(model, checkpoint, trust_checkpoint, False)
-        _show_plan(resolved.model, config)
-    except GhostifyError as err:
-        _fail(str(err))
+    """Show every conv of MODEL: shape, dilation, MACs, whether it would be converted, at what ratio and saving, and why not."""
+    config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, skip_output)
+    size = _parse_input_size(input_size)
+    resolved = _resolve(model, checkpoint, trust_checkpoint, False)
+    _show_plan(resolved.model, config, size or default_input_size(resolved.model))
 
 
-@app.command(name="compare")
+@_command
 def compare_command(
-    original: Annotated[str, typer.Argument(help="The original model: a spec (see convert) or a directory from `convert -o`.", show_default=False)],
-    converted: Annotated[str, typer.Argument(help="The converted model: a directory written by `ghostify convert -o`.", show_default=False)],
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Weights for ORIGINAL when it is a spec.")] = None,
+    original: Annotated[str, typer.Argument(metavar="ORIGINAL", help="The original model: a spec (see convert) or a directory from `convert -o`.", show_default=False)],
+    converted: Annotated[str, typer.Argument(metavar="CONVERTED", help="The converted model: a directory written by `ghostify convert -o`.", show_default=False)],
+    checkpoint: Annotated[Optional[Path], _value("--checkpoint", "-c", metavar="FILE", help="Weights for ORIGINAL when it is a spec; e.g. -c resnet20.th (default: random weights under the seed CONVERTED records).")] = None,
     trust_checkpoint: TrustOpt = False,
+    pretrained: Annotated[bool, _flag("--pretrained", help="ORIGINAL has its source's pretrained weights; needs a network or the cache (default: off).")] = False,
     input_size: InputSizeOpt = None,
     data: DataOpt = None,
     data_limit: DataLimitOpt = None,
     latency: LatencyOpt = False,
     device: DeviceOpt = "cpu",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write report.json, report.md and report.html here.")] = None,
+    output: Annotated[Optional[Path], _value("--output", "-o", metavar="DIR", help="Write report.json, report.md and report.html here; e.g. -o out/r50-report (default: write nothing).")] = None,
     force: ForceOpt = False,
-    layers: Annotated[bool, typer.Option("--layers", help="Print the per-layer table too.")] = False,
+    layers: LayersOpt = False,
 ) -> None:
-    """Compare ORIGINAL with CONVERTED: params, MACs, size, latency, accuracy and per-layer costs."""
-    try:
-        size = _parse_input_size(input_size)
-        if output is not None:  # before the slow work, not after it
-            check_output_path(output, force=force, inputs=[original, original.rpartition(":")[0], converted, checkpoint])
-        original_model, original_name = _load_any(original, checkpoint, trust_checkpoint)
-        converted_path = Path(converted)
-        if not converted_path.is_dir():
-            raise ConfigError(f"CONVERTED must be a directory written by `ghostify convert -o`; {converted} is not a directory.")
-        converted_model, converted_name = _load_any(converted, None, trust_checkpoint)
-        size = size or default_input_size(original_model)
-        with stdout.status("measuring ..."):
-            report = compare(original_model, converted_model, input_size=size, latency=latency, device=device,
-                             original_name=original_name, converted_name=converted_name,
-                             **_data_args(data, data_limit, size, original_model))
-        stdout.print(report)
-        if layers:
-            stdout.print(report.layer_table())
-        if output is not None:
-            _write_output(output, force, report.save)
-    except GhostifyError as err:
-        _fail(str(err))
+    """Compare ORIGINAL with CONVERTED: params, MACs, size, latency, accuracy and per-layer costs.
+
+    ORIGINAL with random weights is built under the seed CONVERTED records; a warning says when ORIGINAL is not the model CONVERTED was converted from (another model, checkpoint or seed), as accuracy and agreement then compare unrelated models.
+    """
+    size = _parse_input_size(input_size)
+    if output is not None:  # before the slow work, not after it
+        check_output_path(output, force=force, inputs=[original, original.rpartition(":")[0], converted, checkpoint])
+    converted_path = Path(converted)
+    if not converted_path.is_dir():
+        raise ConfigError(f"CONVERTED must be a directory written by `ghostify convert -o`; {converted} is not a directory.")
+    origin = recorded_origin(converted_path)
+    original_model, original_name, resolved = _load_any(
+        original, checkpoint, trust_checkpoint, pretrained=pretrained, label="original",
+        seed=origin.seed if origin.seed is not None else DEFAULT_SEED)
+    mismatch = origin_mismatch(converted, resolved, origin) if resolved is not None else None
+    if mismatch:
+        remedy = (f"compare with the original, `ghostify compare {origin.command_arguments()} {converted}`" if origin.rebuildable
+                  else "the original cannot be rebuilt from what it records")
+        stderr.print(f"[bold yellow]warning:[/] {escape(original)} is not the model {escape(converted)} was converted from: "
+                     f"{escape(mismatch)}. Accuracy and agreement below compare unrelated models (parameters, MACs and "
+                     f"size still compare); {escape(remedy)}.", highlight=False, soft_wrap=True)
+    # where the recorded model file has moved away, ORIGINAL stands in as the base model
+    stand_in = resolved.model if resolved is not None and origin.model_file_missing else None
+    converted_model, converted_name, _ = _load_any(converted, None, trust_checkpoint, label="converted", base_model=stand_in)
+    recorded = recorded_inputs(converted_path)  # the --input-size/--mean/--std given to convert
+    size = size or recorded["input_size"] or default_input_size(original_model)
+    with step(stdout, "measuring"):
+        report = compare(original_model, converted_model, input_size=size, latency=latency, device=device,
+                         original_name=original_name, converted_name=converted_name,
+                         **_data_args(data, data_limit, size, original_model, recorded["mean"], recorded["std"]))
+    if resolved is not None:
+        report.weights_note = resolved.weights_note + (f"; NOT the model {converted} was converted from: {mismatch}" if mismatch else "")
+    stdout.print(report)
+    if layers:
+        stdout.print(report.layer_table())
+    if output is not None:
+        _write_output(output, force, report.save)
 
 
-@app.command()
+@_command
 def sweep(
     model: ModelArg,
-    ratios: Annotated[str, typer.Option("--ratios", help="Comma-separated ratios to compare, e.g. 2,3,4.")] = "2,3,4",
+    ratios: Annotated[str, _value("--ratios", metavar="S,S,...", help="Ratios to compare, comma-separated; e.g. --ratios 2,4,8 (default 2,3,4).")] = "2,3,4",
     dw_size: DwSizeOpt = 3,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     min_channels: MinChannelsOpt = 8,
     skip_stem: SkipStemOpt = True,
+    skip_output: SkipOutputOpt = True,
     skip_pointwise: SkipPointwiseOpt = False,
     checkpoint: CheckpointOpt = None,
     trust_checkpoint: TrustOpt = False,
@@ -551,26 +676,33 @@ def sweep(
     data_limit: DataLimitOpt = None,
     latency: LatencyOpt = False,
     device: DeviceOpt = "cpu",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write sweep.json, sweep.md and sweep.html here.")] = None,
+    output: Annotated[Optional[Path], _value("--output", "-o", metavar="DIR", help="Write sweep.json, sweep.md and sweep.html here; e.g. -o out/sweep (default: write nothing).")] = None,
     force: ForceOpt = False,
+    save_models: Annotated[bool, _flag("--save-models", help="Also save each converted model in DIR/ratio-S/ (needs -o DIR), as `convert -o` does (default: off).")] = False,
 ) -> None:
     """Convert MODEL at several ratios and compare them in one report (accuracy vs MACs with --data)."""
-    try:
-        ratio_list = parse_ratios(ratios)
-        config = _config(ratio_list[0], dw_size, include, exclude, None, min_channels, skip_stem, skip_pointwise)
-        size = _parse_input_size(input_size)
-        if output is not None:  # before the slow work, not after it
-            check_output_path(output, force=force, inputs=[model.rpartition(":")[0], checkpoint])
-        resolved = _resolve(model, checkpoint, trust_checkpoint, False)
-        size = size or default_input_size(resolved.model)
-        with stdout.status(f"converting and measuring at ratios {ratio_list} ..."):
-            report = sweep_ratios(resolved.model, ratio_list, size, config=config, latency=latency, device=device,
-                                  model_name=resolved.spec, **_data_args(data, data_limit, size, resolved.model))
-        stdout.print(report)
-        if output is not None:
-            _write_output(output, force, report.save)
-    except GhostifyError as err:
-        _fail(str(err))
+    ratio_list = parse_ratios(ratios)
+    config = _config(ratio_list[0], dw_size, include, exclude, None, min_channels, skip_stem, skip_pointwise, skip_output)
+    size = explicit_size = _parse_input_size(input_size)
+    if save_models and output is None:
+        raise ConfigError("--save-models saves the converted models in the output directory: pass -o DIR too.")
+    if output is not None:  # before the slow work, not after it
+        check_output_path(output, force=force, inputs=[model.rpartition(":")[0], checkpoint])
+    resolved = _resolve(model, checkpoint, trust_checkpoint, False)
+    size = size or default_input_size(resolved.model)
+    models: dict[int, nn.Module] = {}
+    with step(stdout, f"converting and measuring at ratios {', '.join(map(str, ratio_list))}"):
+        report = sweep_ratios(resolved.model, ratio_list, size, config=config, latency=latency, device=device,
+                              model_name=display_spec(resolved.spec), on_converted=models.__setitem__ if save_models else None,
+                              **_data_args(data, data_limit, size, resolved.model))
+    stdout.print(report)
+    if output is not None:
+        def write_report_and_models(staging: Path) -> None:
+            report.save(staging)
+            write_sweep_models(models, staging, base_model=resolved.spec, base_checkpoint=checkpoint,
+                               base_seed=resolved.seed, inputs={"input_size": explicit_size})
+
+        _write_output(output, force, write_report_and_models)
 
 
 def main() -> None:

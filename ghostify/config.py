@@ -59,6 +59,8 @@ class GhostConfig:
     min_channels: convs with fewer output channels are left alone (too small to gain anything).
     skip_stem: leave the first conv alone (default, as in the paper: a 3-channel stem costs few MACs
     but converting it loses the most accuracy). skip_pointwise: leave all 1x1 convs alone.
+    skip_output: leave the convs that produce the model's output alone (default: a 1x1 classifier
+    conv would otherwise make half of the class scores cheap copies of the others).
     variant: which ghost module replaces a conv (``ghostify.graph_pass.VARIANTS``).
     init: "transfer" starts from the original weights, "random" from PyTorch's default init.
     """
@@ -71,6 +73,7 @@ class GhostConfig:
     min_channels: int = 8
     skip_stem: bool = True
     skip_pointwise: bool = False
+    skip_output: bool = True
     variant: str = "linear"
     init: str = "transfer"
 
@@ -88,7 +91,7 @@ class GhostConfig:
                 raise ConfigError(f"layer_ratios[{pattern!r}]: {err}") from None
         if isinstance(self.min_channels, bool) or not isinstance(self.min_channels, int) or self.min_channels < 1:
             raise ConfigError(f"min_channels must be a whole number >= 1, got {self.min_channels!r}.")
-        for name in ("skip_stem", "skip_pointwise"):
+        for name in ("skip_stem", "skip_pointwise", "skip_output"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if not isinstance(self.init, str) or self.init not in INIT_MODES:

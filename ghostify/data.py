@@ -222,7 +222,7 @@ def check_image_size(dataset: ImageFiles, pipeline: InputPipeline) -> None:
     if width * 2 < want_w or height * 2 < want_h:
         raise DataError(
             f"images such as {path} are {width}x{height} but the model takes {want_w}x{want_h}; upscaling that far "
-            f"loses the model's accuracy. Pass --input-size {height},{width} (input_size= in Python) if the model "
+            f"loses the model's accuracy. Pass --input-size {pipeline.input_size[0]},{height},{width} (input_size= in Python) if the model "
             "works at that size, or use larger images."
         )
 

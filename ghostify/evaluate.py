@@ -1,7 +1,8 @@
 """Accuracy on labelled images: top-1 of the original and converted models, and how often they agree.
 
 Images come from an ImageFolder tree (``root/<class>/*.png``; classes in sorted folder order,
-which is how the model's label indices must be ordered).
+which is how the model's label indices must be ordered). When the folders cannot be the model's
+classes (their number differs from the model's outputs), only agreement is measured.
 """
 
 from __future__ import annotations
@@ -19,17 +20,38 @@ from .errors import GhostifyError
 from .measure import model_device
 
 
-
 @dataclass
 class AccuracyStats:
     """Top-1 accuracy before/after on ``samples`` images of ``dataset``, and teacher agreement:
-    the fraction of images where the converted model's top-1 class equals the original's."""
+    the fraction of images where the converted model's top-1 class equals the original's.
+
+    ``top1_*`` are None when the labels cannot be the model's classes: unlabelled images
+    (``data_classes`` 0), or ``data_classes`` (class folders) differing from ``model_classes`` (the
+    width of the model's output); agreement needs no labels and is always measured. Both counts
+    are None when unknown.
+    """
 
     dataset: str
     samples: int
-    top1_before: float
-    top1_after: float
+    top1_before: float | None
+    top1_after: float | None
     agreement: float
+    data_classes: int | None = None
+    model_classes: int | None = None
+
+    @property
+    def classes_mismatch(self) -> bool:
+        """True when the data has class folders and their number differs from the model's output width."""
+        return bool(self.data_classes) and self.model_classes is not None and self.data_classes != self.model_classes
+
+
+def dataset_classes(dataset: Dataset) -> list[str] | None:
+    """The class names of ``dataset`` (an ImageFolder, ``ghostify.data.ImageFiles`` or a ``Subset``
+    of one); ``[]`` for unlabelled images, None when the dataset does not say."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    classes = getattr(dataset, "classes", None)
+    return None if classes is None else list(classes)
 
 
 def normalization_for(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -75,13 +97,22 @@ def image_folder(
 def evaluate(
     original: nn.Module, converted: nn.Module, dataset: Dataset, *, name: str = "data", batch_size: int = 250
 ) -> AccuracyStats:
-    """Top-1 of both models and their agreement on ``dataset``, in eval mode (training flags restored)."""
+    """Top-1 of both models and their agreement on ``dataset``, in eval mode (training flags restored).
+
+    Top-1 is left out (None) when the dataset's classes cannot be the model's: it is unlabelled,
+    or its number of class folders differs from the model's number of outputs (a 1000-class
+    ImageNet model on CIFAR-10's 10 folders); ``AccuracyStats.classes_mismatch`` then says so.
+    """
+    classes = dataset_classes(dataset)
     flags = original.training, converted.training
     original.eval(), converted.eval()
     correct_before = correct_after = agree = total = 0
+    model_classes: int | None = None
     try:
         for images, labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            pred_before = original(images.to(model_device(original))).argmax(1).cpu()
+            scores = original(images.to(model_device(original)))
+            model_classes = int(scores.shape[-1]) if scores.ndim == 2 else None
+            pred_before = scores.argmax(1).cpu()
             pred_after = converted(images.to(model_device(converted))).argmax(1).cpu()
             correct_before += int((pred_before == labels).sum())
             correct_after += int((pred_after == labels).sum())
@@ -91,5 +122,9 @@ def evaluate(
         original.train(flags[0]), converted.train(flags[1])
     if total == 0:
         raise GhostifyError(f"{name} holds no images; point --data at an ImageFolder root with images.")
-    return AccuracyStats(name, total, correct_before / total, correct_after / total, agree / total)
-
+    data_classes = None if classes is None else len(classes)
+    stats = AccuracyStats(name, total, correct_before / total, correct_after / total, agree / total,
+                          data_classes=data_classes, model_classes=model_classes)
+    if data_classes == 0 or stats.classes_mismatch:
+        stats.top1_before = stats.top1_after = None
+    return stats

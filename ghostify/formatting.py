@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import textwrap
+from pathlib import Path
 
 _DECIMAL_PREFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"))
 _BINARY_UNITS = ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"))
@@ -70,3 +73,30 @@ def percent_text(percent: float | None) -> str:
     if percent is None:
         return MISSING
     return f"{-percent:+.1f}%"
+
+
+def shorten(text: str, width: int = 300) -> str:
+    """``text`` on one line, cut at a word boundary (never inside a word) to at most ``width`` characters."""
+    return textwrap.shorten(text, width=width, placeholder=" ...")
+
+
+def display_path(path: str | Path) -> str:
+    """A path as a user would type it: relative to the current directory when inside it, ``~/...`` under home."""
+    resolved = Path(path).expanduser()
+    if not resolved.is_absolute():
+        return str(path)
+    for base, shown in ((Path.cwd(), None), (Path.home(), "~")):
+        try:
+            relative = resolved.relative_to(base)
+        except ValueError:
+            continue
+        return str(relative) if shown is None else os.path.join(shown, relative)
+    return str(resolved)
+
+
+def display_spec(spec: str) -> str:
+    """A model spec as the user typed it: ``/home/u/work/net.py:make`` run from ``~/work`` shows ``net.py:make``."""
+    path, colon, function = spec.rpartition(":")
+    if colon and path.endswith(".py"):
+        return f"{display_path(path)}:{function}"
+    return spec

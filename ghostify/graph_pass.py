@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -26,6 +28,12 @@ from .weight_transfer import transfer_weights
 
 GHOST_MODULE_TYPES: tuple[type[nn.Module], ...] = (GhostConv2d,)
 _FUNCTIONAL_CONVS = (F.conv2d, torch.conv2d)
+# Ops that mix channels: a conv behind one of them does not produce the model's output directly.
+_MIXING_FUNCTIONS = {
+    F.linear, F.bilinear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose2d, torch.conv2d, torch.matmul, torch.mm,
+    torch.bmm, torch.einsum, torch.addmm, torch.baddbmm, operator.matmul, F.scaled_dot_product_attention,
+}
+_MIXING_METHODS = {"matmul", "mm", "bmm", "__matmul__"}
 
 # variant name -> builder(conv, ratio, dw_size, transfer) -> (module, fit_error or None)
 VariantBuilder = Callable[[nn.Conv2d, int, int, bool], "tuple[nn.Module, float | None]"]
@@ -130,8 +138,9 @@ def find_conv_sites(model: nn.Module) -> tuple[list[ConvSite], str, str | None]:
     try:
         graph = trace(model)
     except Exception as err:  # FX raises many types for untraceable code; any means "fall back"
-        note = f"torch.fx could not trace the model ({type(err).__name__}: {str(err).splitlines()[0][:200]}); " \
-               "layers were found by walking named_modules(), so call counts and the stem are estimates"
+        reason = " ".join(str(err).split()) or "no message"  # whole, on one line; displays shorten it at a word
+        note = f"torch.fx could not trace the model ({type(err).__name__}: {reason}); " \
+               "layers were found by walking named_modules(), so call counts, the stem and the output convs are estimates"
         sites = [_module_site(n, c, 1, aliases[id(c)]) for n, c in convs.items()]
         if sites:
             sites[0].is_stem = True
@@ -155,12 +164,49 @@ def find_conv_sites(model: nn.Module) -> tuple[list[ConvSite], str, str | None]:
             sites.append(_functional_site(item, params))
     if sites:
         sites[0].is_stem = True
+    outputs = _output_convs(graph, modules, convs)
+    for site in sites:
+        site.is_output = site.name in outputs
     called = {id(convs[name]) for name in calls}
     for name, conv in convs.items():  # registered but never run: reported, never converted
         if id(conv) not in called:
             called.add(id(conv))
             sites.append(_module_site(name, conv, 0, aliases[id(conv)]))
     return sites, "fx", None
+
+
+def _mixes_channels(module: nn.Module) -> bool:
+    """Whether a leaf module combines channels (a weight matrix or kernel), unlike BN, activations, pooling."""
+    return any(p.dim() >= 2 for p in module.parameters())
+
+
+def _output_convs(graph: fx.Graph, modules: dict[str, nn.Module], convs: dict[str, nn.Conv2d]) -> set[str]:
+    """Names of the convs whose outputs reach the model's output through channel-wise ops only.
+
+    Walks back from the graph's output through activations, BatchNorm, pooling, resizing, flattening
+    and the like, and stops at anything that mixes channels (Linear, matmul, another conv): a 1x1
+    classifier conv is found, a conv feeding a Linear head is not.
+    """
+    found: set[str] = set()
+    seen: set[fx.Node] = set()
+    stack = [node for node in graph.nodes if node.op == "output"]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.op == "call_module":
+            if node.target in convs:
+                found.add(node.target)
+                continue
+            if _mixes_channels(modules[node.target]):
+                continue
+        elif node.op == "call_function" and node.target in _MIXING_FUNCTIONS:
+            continue
+        elif node.op == "call_method" and node.target in _MIXING_METHODS:
+            continue
+        stack.extend(node.all_input_nodes)
+    return found
 
 
 def apply_plan(model: nn.Module, plan: ConversionPlan, *, transfer: bool) -> None:

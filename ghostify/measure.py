@@ -101,17 +101,44 @@ def _as_args(inputs: ModelInput) -> tuple[torch.Tensor, ...]:
 class MacCount:
     """MACs of one forward pass, in total and per module (qualified names, ``""`` is the model).
 
-    ``by_module`` of a module includes its submodules. ``unsupported_ops`` maps an op fvcore has
-    no formula for (``aten::add_``, ``aten::index_select``, ...) to how often it ran uncounted.
+    ``by_module`` of a module includes its submodules; ``by_module_operator`` splits it by fvcore
+    operator (``conv``, ``batch_norm``, ...). ``unsupported_ops`` maps an op fvcore has no formula
+    for (``aten::add_``, ``aten::index_select``, ...) to how often it ran uncounted.
+    ``conv_modules`` names the model's ``nn.Conv2d`` modules (see ``of_layer``).
     """
 
     total: int
     by_module: dict[str, int]
     unsupported_ops: dict[str, int]
     by_operator: dict[str, int] = field(default_factory=dict)
+    by_module_operator: dict[str, dict[str, int]] = field(default_factory=dict)
+    conv_modules: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def operator_macs(self, module: str, operator: str) -> int:
+        """MACs of fvcore operator ``operator`` (``"conv"``, ...) inside ``module`` and its submodules."""
+        return self.by_module_operator.get(module, {}).get(operator, 0)
+
+    def of_layer(self, module: str) -> int | None:
+        """MACs of the layer at ``module``, or None if fvcore does not know that name.
+
+        A ``nn.Conv2d`` module costs its convolution alone; ops it runs on its own weights do not
+        count (timm's ``StdConv2d`` / ``ScaledStdConv2d`` standardise the weight with a
+        ``batch_norm`` in every forward pass, which fvcore counts inside the module: see
+        ``weight_op_macs``). Any other module (a ghost module) costs everything fvcore counts in it.
+        """
+        if module not in self.by_module:
+            return None
+        if module in self.conv_modules:
+            return self.operator_macs(module, "conv")
+        return self.by_module[module]
+
+    def weight_op_macs(self, module: str) -> int:
+        """MACs fvcore counts in ``module`` beyond ``of_layer``: a conv's ops on its own weights."""
+        layer = self.of_layer(module)
+        return 0 if layer is None else self.by_module[module] - layer
 
 
 def _flop_count_analysis() -> type:
@@ -150,6 +177,11 @@ def count_macs(model: nn.Module, example_input: ModelInput) -> MacCount:
                 by_module={name: int(v) for name, v in analysis.by_module().items()},
                 unsupported_ops=dict(analysis.unsupported_ops()),
                 by_operator={name: int(v) for name, v in analysis.by_operator().items()},
+                by_module_operator={
+                    name: {op: int(v) for op, v in ops.items() if v}
+                    for name, ops in analysis.by_module_and_operator().items()
+                },
+                conv_modules=[name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)],
             )
     finally:
         model.train(was_training)
@@ -296,3 +328,45 @@ def measure_latency(
     ``device="cuda"`` on a machine without CUDA raises ``GhostifyError`` (use ``device="cpu"``).
     """
     return measure_latencies([model], example_input, warmup=warmup, repeats=repeats, device=device)[0]
+
+
+def layer_macs(model: nn.Module, plan: Any, example_input: ModelInput) -> dict[str, tuple[int, int]]:
+    """Per conv layer of ``plan`` (a ``ConversionPlan`` of the unconverted ``model``): MACs now and as planned.
+
+    One forward pass records the output size of every call of each conv; the ghost MACs follow
+    from the module's shape (primary conv to ``ceil(n/s)`` maps, depthwise ``d x d`` cheap conv), so
+    ``inspect`` can show what a plan saves without converting anything. Kept layers cost the same.
+    """
+    pixels: dict[str, int] = {}
+    hooks = []
+    for layer in plan.layers:
+        if layer.kind != "module":
+            continue
+        conv = model.get_submodule(layer.name)
+
+        def record(module: nn.Module, args: Any, output: torch.Tensor, name: str = layer.name) -> None:
+            pixels[name] = pixels.get(name, 0) + output.shape[-2] * output.shape[-1]
+
+        hooks.append(conv.register_forward_hook(record))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*_as_args(example_input))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    dw_area = plan.config.dw_size ** 2
+    result = {}
+    for layer in plan.layers:
+        if layer.name not in pixels:
+            continue
+        per_pixel = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+        before = pixels[layer.name] * layer.out_channels * per_pixel
+        after = before
+        if layer.convert:
+            intrinsic = layer.intrinsic_channels
+            after = pixels[layer.name] * (intrinsic * per_pixel + intrinsic * (layer.ratio - 1) * dw_area)
+        result[layer.name] = (before, after)
+    return result

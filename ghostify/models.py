@@ -8,7 +8,7 @@ Spec forms::
 
 Sources live in ``MODEL_SOURCES`` (prefix -> ``ModelSource``); ``register_model_source`` plugs in a
 new one without touching ``resolve_model``. Unknown names list close matches, so a typo is one
-retry away.
+retry away. Models are built under a fixed seed, so random weights are the same on every build.
 """
 
 from __future__ import annotations
@@ -27,12 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, load_state_dict_into
 from .errors import ModelSpecError
+from .formatting import display_path
 
 SPEC_HINT = "use timm:NAME, torchvision:NAME or path/to/file.py:function"
+DEFAULT_SEED = 0  # the seed models are built under: random weights are reproducible
 _MAX_SUGGESTIONS = 5
 _user_module_ids = itertools.count()
 
@@ -46,15 +49,17 @@ class ResolvedModel:
     source: str  # "timm" | "torchvision" | "file"
     pretrained: bool
     checkpoint: str | None
+    seed: int | None = None  # the seed the random weights were drawn with; None for loaded weights
 
     @property
     def weights_note(self) -> str:
         """Human-readable origin of the weights, e.g. ``"weights from ckpt.pth"``."""
         if self.checkpoint is not None:
-            return f"weights from {self.checkpoint}"
+            return f"weights from {display_path(self.checkpoint)}"
         if self.pretrained:
             return f"pretrained {self.source} weights"
-        return "random weights (no --checkpoint given)"
+        seed = f"seed {self.seed}, " if self.seed is not None else ""
+        return f"random weights ({seed}no --checkpoint given)"
 
 
 # create(name, pretrained=..., num_classes=...) -> nn.Module; list_names() -> names for suggestions.
@@ -89,12 +94,16 @@ def resolve_model(
     pretrained: bool = False,
     trust_checkpoint: bool = False,
     num_classes: int | None = None,
+    seed: int = DEFAULT_SEED,
 ) -> ResolvedModel:
     """Build the model ``spec`` names, then load ``checkpoint`` into it if one is given.
 
     ``pretrained`` downloads the source's default weights (timm / torchvision only; it needs a
     network). ``trust_checkpoint`` allows a checkpoint holding pickled Python objects (it can
     run code). ``num_classes`` sets the classifier size (timm / torchvision only).
+    The model is built with torch's CPU generator seeded with ``seed`` (the caller's random state
+    is restored afterwards), so random weights, used when there is neither checkpoint nor
+    pretrained weights, are the same on every build; ``ResolvedModel.seed`` records it then.
     Raises ``ModelSpecError`` or ``CheckpointError`` with a message saying how to fix the input.
     """
     if pretrained and checkpoint is not None:
@@ -105,17 +114,36 @@ def resolve_model(
     source, name = _split_spec(spec)
     # Read the checkpoint first: a wrong path should fail before a slow model build.
     state = load_checkpoint(checkpoint, trusted=trust_checkpoint) if checkpoint is not None else None
-    model = MODEL_SOURCES[source].create(name, pretrained=pretrained, num_classes=num_classes)
+    with torch.random.fork_rng(devices=[]):  # the caller's CPU random state comes back afterwards
+        torch.random.default_generator.manual_seed(seed)  # CPU only: manual_seed() would also reseed CUDA
+        model = MODEL_SOURCES[source].create(name, pretrained=pretrained, num_classes=num_classes)
     if state is not None:
         load_state_dict_into(model, state, source=str(checkpoint))
-    canonical_spec = name if source == "file" else f"{source}:{name}"
+    random_weights = state is None and not pretrained
     return ResolvedModel(
         model=model,
-        spec=canonical_spec,
+        spec=_join_spec(source, name),
         source=source,
         pretrained=pretrained,
         checkpoint=str(checkpoint) if checkpoint is not None else None,
+        seed=seed if random_weights else None,
     )
+
+
+def canonical_spec(spec: str) -> str:
+    """``spec`` as ``ResolvedModel.spec`` writes it (``timm:NAME``, ``torchvision:NAME``,
+    ``/absolute/path/file.py:function``), without building the model."""
+    return _join_spec(*_split_spec(spec))
+
+
+def model_file(spec: str) -> Path | None:
+    """The absolute path of the file a ``path/to/file.py:function`` spec names; None for other sources."""
+    source, name = _split_spec(spec)
+    return Path(name.rpartition(":")[0]) if source == "file" else None
+
+
+def _join_spec(source: str, name: str) -> str:
+    return name if source == "file" else f"{source}:{name}"
 
 
 def list_model_names(source: str = "timm") -> list[str]:

@@ -1,4 +1,7 @@
-"""Progress displays for calibration and distillation, the two long steps of ``ghostify convert``.
+"""Progress displays: one for each short step of a command, and for calibration and distillation.
+
+``step(console, "converting")`` wraps a step of unknown length: a spinner with the elapsed time
+in a terminal, then one line ``converting: 3.1 s`` (the only output when piped or under CI).
 
 In a terminal: a live rich progress bar (description, bar, M/N, elapsed, remaining; for
 distillation also the running loss and agreement) and a line per finished epoch. In logs, pipes
@@ -16,15 +19,37 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+)
 
 
 def live_display(console: Console) -> bool:
     """Whether to draw a live bar: a terminal, and not CI (CI logs keep every redraw)."""
     return console.is_terminal and not os.environ.get("CI")
+
+
+@contextmanager
+def step(console: Console, what: str) -> Iterator[None]:
+    """A step such as ``building timm:resnet50``: live spinner + elapsed time in a terminal, then one line with its duration.
+
+    Nothing is printed for a step that fails or is interrupted: the error says what happened.
+    """
+    start = time.perf_counter()
+    if live_display(console):
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=console, transient=True) as spinner:
+            spinner.add_task(escape(what), total=None)
+            yield
+    else:
+        yield
+    console.print(f"{escape(what)}: {time.perf_counter() - start:.1f} s", highlight=False, soft_wrap=True)
 
 
 def _percent(value: float | None) -> str:

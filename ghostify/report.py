@@ -39,7 +39,7 @@ from .selection import ConversionPlan, LayerPlan
 from .version import __version__
 
 REPORT_SCHEMA = "ghostify.report"
-REPORT_SCHEMA_VERSION = 2  # 2: recovery, calibration, training (version 1 files still read)
+REPORT_SCHEMA_VERSION = 3  # 2: recovery, calibration, training; 3: accuracy class counts, weight-op MACs (1 and 2 still read)
 
 
 def check_schema(payload: Mapping[str, Any], schema: str, version: int) -> None:
@@ -108,6 +108,8 @@ class ComparisonReport:
     converted layer's MACs are the sum of its parts, skipped layers cost the same as before, and
     everything outside the conv layers costs the same in both models (so total before minus
     total after is exactly what the layers saved). ``macs_check_notes`` says what disagreed.
+    A conv layer's MACs are its convolution's; ``macs_weight_ops_*`` are the MACs conv modules
+    spend on their own weights (timm's weight-standardised convs), counted outside the layers.
     """
 
     layers: list[LayerRow]
@@ -130,6 +132,9 @@ class ComparisonReport:
     batch_size: int = 1
     trace_note: str | None = None
     macs_check_notes: list[str] = field(default_factory=list)
+    # of the MACs outside the layers: ops the conv modules run on their own weights (weight_op_macs)
+    macs_weight_ops_before: int = 0
+    macs_weight_ops_after: int = 0
     unsupported_ops_before: dict[str, int] = field(default_factory=dict)
     unsupported_ops_after: dict[str, int] = field(default_factory=dict)
     latency_before: LatencyStats | None = None
@@ -214,7 +219,7 @@ class ComparisonReport:
             if data.get(key) is not None:
                 data[key] = LatencyStats.from_dict(data[key])
         if data.get("accuracy") is not None:
-            data["accuracy"] = AccuracyStats(**data["accuracy"])
+            data["accuracy"] = AccuracyStats(**_known(AccuracyStats, data["accuracy"]))
         data["recovery"] = [AccuracyStage(**_known(AccuracyStage, stage)) for stage in payload.get("recovery") or []]
         data["training"] = list(payload.get("training") or [])
         return cls(**data)
@@ -223,11 +228,18 @@ class ComparisonReport:
     def from_json(cls, text: str) -> ComparisonReport:
         return cls.from_dict(json.loads(text))
 
-    def save(self, directory: str | Path) -> tuple[Path, Path, Path]:
+    def save(self, directory: str | Path, *, force: bool = False) -> tuple[Path, Path, Path]:
         """Write ``report.json``, ``report.md`` and ``report.html`` into ``directory`` (created if
-        missing); returns their paths in that order."""
+        missing); returns their paths in that order.
+
+        As ``ghostify.save``, it refuses a non-empty directory unless ``force=True`` (which overwrites
+        the report's files and keeps the rest), except a saved model's directory: the report joins it.
+        """
+        from .outputs import prepare_report_directory
+        from .serialization import SAVED_MODEL_FILES
+
+        prepare_report_directory(directory, force=force, may_join=SAVED_MODEL_FILES)
         target = Path(directory)
-        target.mkdir(parents=True, exist_ok=True)
         json_path, markdown_path, html_path = target / "report.json", target / "report.md", target / "report.html"
         json_path.write_text(self.to_json() + "\n", encoding="utf-8")
         markdown_path.write_text(self.to_markdown(), encoding="utf-8")
@@ -298,7 +310,7 @@ def _module_macs(macs: MacCount, layer: LayerPlan) -> int | None:
     if layer.kind != "module":
         return None
     # fvcore names a module registered under several names by its first name, as the plan does
-    return next((macs.by_module[n] for n in (layer.name, *layer.aliases) if n in macs.by_module), None)
+    return next((macs.of_layer(n) for n in (layer.name, *layer.aliases) if n in macs.by_module), None)
 
 
 def _parts_macs(model: nn.Module, macs: MacCount, name: str) -> int | None:
@@ -313,6 +325,12 @@ def _parts_macs(model: nn.Module, macs: MacCount, name: str) -> int | None:
     return sum(macs.by_module.get(child, 0) for child in children)
 
 
+def weight_op_macs(rows: Sequence[LayerRow], macs: MacCount) -> int:
+    """MACs the rows' conv modules spend on their own weights (weight standardisation), which
+    fvcore counts inside the module but the rows leave out (``MacCount.of_layer``)."""
+    return sum(macs.weight_op_macs(row.name) for row in rows if row.kind == "module")
+
+
 def check_macs(
     rows: Sequence[LayerRow], before: MacCount, after: MacCount, converted: nn.Module
 ) -> tuple[bool, list[str], int, int]:
@@ -320,17 +338,19 @@ def check_macs(
 
     Returns ``(ok, problems, outside_before, outside_after)``, ``outside_*`` being fvcore's total
     minus its MACs of the module conv layers. Holds when: each row states fvcore's number for its
-    layer; each converted layer costs exactly the sum of its parts (primary + cheap conv, ...);
-    each kept layer costs what it did; everything outside the layers costs the same before and
-    after (so total before - total after is what the layers saved); and the layers' MACs before
-    do not exceed fvcore's total for the ``conv`` operator.
+    layer (for a conv, its convolution alone: ``MacCount.of_layer``); each converted layer costs
+    exactly the sum of its parts (primary + cheap conv, ...); each kept layer costs what it did;
+    everything outside the layers, less what conv modules spend on their own weights
+    (``weight_op_macs``), costs the same before and after (so total before - total after is what
+    the layers saved, plus any weight ops the ghost modules dropped); and, in each model, the
+    layers' ``conv`` operator MACs do not exceed fvcore's total for that operator.
     """
     problems: list[str] = []
     measured: list[tuple[LayerRow, int, int]] = []
     for row in rows:
         if row.kind != "module":
             continue  # a functional conv has no module of its own: its MACs are in "outside"
-        layer_before, layer_after = before.by_module.get(row.name), after.by_module.get(row.name)
+        layer_before, layer_after = before.of_layer(row.name), after.of_layer(row.name)
         if layer_before is None or layer_after is None:
             problems.append(f"{row.name}: not found among fvcore's modules")
             continue
@@ -348,14 +368,23 @@ def check_macs(
     layers_before = sum(b for _, b, _ in measured)
     layers_after = sum(a for _, _, a in measured)
     outside_before, outside_after = before.total - layers_before, after.total - layers_after
-    if outside_before != outside_after:
+    measured_rows = [row for row, _, _ in measured]
+    weights_before, weights_after = weight_op_macs(measured_rows, before), weight_op_macs(measured_rows, after)
+    if outside_before - weights_before != outside_after - weights_after:
+        weights = (f", less {weights_before} → {weights_after} spent by conv modules on their own weights"
+                   if weights_before or weights_after else "")
         problems.append(
-            f"MACs outside the conv layers changed ({outside_before} → {outside_after}): total before - after "
-            f"= {before.total - after.total}, but the layers saved {layers_before - layers_after}"
+            f"MACs outside the conv layers changed ({outside_before - weights_before} → "
+            f"{outside_after - weights_after}{weights}): total before - after = {before.total - after.total}, "
+            f"but the layers saved {layers_before - layers_after}"
         )
-    conv_op_before = before.by_operator.get("conv")
-    if conv_op_before is not None and layers_before > conv_op_before:
-        problems.append(f"conv layers sum to {layers_before} MACs, more than fvcore's conv total {conv_op_before}")
+    for label, macs in (("before", before), ("after", after)):
+        conv_total = macs.by_operator.get("conv")
+        layers_conv = sum(macs.operator_macs(row.name, "conv") for row in measured_rows)
+        if conv_total is not None and layers_conv > conv_total:
+            problems.append(
+                f"conv layers {label} sum to {layers_conv} conv MACs, more than fvcore's conv total {conv_total}"
+            )
     return not problems, problems, outside_before, outside_after
 
 
@@ -429,6 +458,7 @@ def compare(
         convs_converted=len(plan.converted), convs_skipped=len(plan.skipped),
         macs_outside_layers_before=outside_before, macs_outside_layers_after=outside_after,
         macs_check_ok=ok, macs_check_notes=problems,
+        macs_weight_ops_before=weight_op_macs(rows, before), macs_weight_ops_after=weight_op_macs(rows, after),
         config=plan.config.to_dict(), trace=plan.trace, trace_note=plan.trace_note,
         input_size=input_dims, batch_size=batch_size,
         unsupported_ops_before=dict(before.unsupported_ops), unsupported_ops_after=dict(after.unsupported_ops),

@@ -57,6 +57,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 table.layers{font-size:12px}table.layers td:first-child{font-family:ui-monospace,monospace}
 tr.skipped td{color:#868e96}
 ul.notes{font-size:13px;color:#495057;padding-left:20px}li.bad{color:#c92a2a;font-weight:600}
+li.warning{color:#a61e4d;font-weight:600}p.legend{font-size:13px;color:#495057;margin:4px 0}
 .plots{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
 figure{margin:0}figcaption{font-size:12px;color:#495057;max-width:600px}
 img.plot{max-width:100%;height:auto;border:1px solid #e9ecef}
@@ -106,10 +107,7 @@ def _comparison_section(report: Report, level: int) -> str:
     h, h2 = f"h{level}", f"h{level + 1}"
     parts = [f"<{h}>{_esc(f'ghostify report: {report.original_name} → {report.converted_name}')}</{h}>"]
     parts.append(_table(["Metric", "Before", "After", "Saving"], render.summary_rows(report), "summary", numeric=(1, 2)))
-    notes = render.notes(report)
-    parts.append('<ul class="notes">' + "".join(
-        f'<li class="bad">{_esc(n)}</li>' if n.startswith("MAC cross-check FAILED") else f"<li>{_esc(n)}</li>"
-        for n in notes) + "</ul>")
+    parts.append(_notes_list(render.notes(report)))
     if render.has_recovery(report):
         parts.append(_recovery_section(report, level + 1))
     measured = [row for row in report.layers if row.macs_before is not None and row.macs_after is not None]
@@ -129,16 +127,18 @@ def _comparison_section(report: Report, level: int) -> str:
                       ("converted", report.macs_after, acc.top1_after * 100, AFTER_COLOR)]
             figures.append(_figure("accuracy-macs", _tradeoff_plot(points, "top-1 accuracy (%)", "Top-1 vs MACs"),
                                    f"{acc.dataset}, {acc.samples} images; agreement {acc.agreement:.1%}."))
-        else:  # unlabelled images: agreement with the original is the only accuracy there is
+        else:  # unlabelled images, or not the model's classes: agreement is the only accuracy there is
             points = [("original", report.macs_before, 100.0, BEFORE_COLOR),
                       ("converted", report.macs_after, acc.agreement * 100, AFTER_COLOR)]
+            images = "images, not of the model's classes" if acc.classes_mismatch else "unlabelled images"
             figures.append(_figure("agreement-macs", _tradeoff_plot(
                 points, "agreement with original (%)", "Agreement vs MACs"),
-                f"{acc.dataset}, {acc.samples} unlabelled images: top-1 n/a."))
+                f"{acc.dataset}, {acc.samples} {images}: top-1 n/a."))
     parts.append(f'<div class="plots">{"".join(figures)}</div>' if figures else "<p>No conv layer MACs to plot.</p>")
     parts.append(f"<{h2}>Conv layers</{h2}>")
+    parts.append(f'<p class="legend">{_esc(render.FIT_ERROR_EXPLANATION)}</p>')
     headers = ["Layer", "Kind", "In → out", "Kernel / stride", "Ratio", "Params before", "Params after",
-               "MACs before", "MACs after", "Fit error", "Skipped because"]
+               "MACs before", "MACs after", render.FIT_ERROR_HEADER, "Skipped because"]
     rows = [[row.name, row.kind, channels_text(row), kernel_text(row), str(row.ratio) if row.convert else MISSING,
              human_count(row.params_before), human_count(row.params_after), human_count(row.macs_before),
              human_count(row.macs_after), fit_text(row.fit_error), "" if row.convert else row.reason or "not selected"]
@@ -158,7 +158,7 @@ def _recovery_section(report: Report, level: int) -> str:
         parts.append(_table(headers, render.recovery_rows(report), "recovery", numeric=(1, 2, 3)))
     summaries = render.recovery_notes(report)
     if summaries:
-        parts.append('<ul class="notes">' + "".join(f"<li>{_esc(line)}</li>" for line in summaries) + "</ul>")
+        parts.append(_notes_list(summaries))
     records = [record for record in report.training if isinstance(record, Mapping)]
     if records:
         caption = (f"{render.plural(len(records), 'epoch')} of distillation. Agreement: share of images where the student's "
@@ -189,7 +189,8 @@ def _sweep_section(sweep: Sweep) -> str:
     else:
         points = [(lab, r["macs"], r["params"], col) for lab, r, col in zip(labels, rows, colors)]
         figures.append(_figure("sweep-params-macs", _tradeoff_plot(points, "parameters", "Parameters vs MACs by ratio",
-                                                                   y_human=True), "No accuracy measured."))
+                                                                   y_human=True),
+                               " ".join(sweep.notes()) or "No accuracy measured."))
     if sweep.reports:
         measured = [row for row in sweep.reports[0].layers if row.macs_before is not None]
         base = stage_macs(measured)
@@ -331,6 +332,16 @@ def _plot_caption(report: Report, measured: Sequence[LayerRow]) -> str:
 
 
 # ----- small helpers -----------------------------------------------------------------------------
+
+
+def _notes_list(notes: Sequence[str]) -> str:
+    """The notes as a list; a failed check and unmeasured accuracy stand out (``render.note_kind``)."""
+    items = []
+    for note in notes:
+        kind = render.note_kind(note)
+        items.append(f'<li class="{kind}">{_esc(note)}</li>' if kind else f"<li>{_esc(note)}</li>")
+    return f'<ul class="notes">{"".join(items)}</ul>'
+
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], css_class: str, numeric: Sequence[int] = (),

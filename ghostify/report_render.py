@@ -13,9 +13,11 @@ never the reverse, so functions here take the report by duck type: ``report`` is
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -23,6 +25,14 @@ from rich.text import Text
 from .formatting import MISSING, human_bytes, human_count, human_ms, percent_text, ratio_text
 
 MACS_EXPLANATION = "MACs: multiply-accumulates counted by fvcore; one multiply-add = one MAC."
+FIT_ERROR_HEADER = "Fit err"
+FIT_ERROR_EXPLANATION = (f"{FIT_ERROR_HEADER}: relative error of a ghost module's starting weights vs the original "
+                         "conv's (data-free fit; 0 = exact).")
+MACS_CHECK_FAILED = "MAC cross-check FAILED"
+ACCURACY_NOT_MEASURED = "Accuracy not measured"
+TOP1_NOT_MEASURED = "Top-1 not measured"
+NOTHING_CONVERTED = "Nothing was converted"
+NOTE_STYLES = {"bad": "bold red", "warning": "yellow"}  # terminal styles by ``note_kind``
 RENDER_WIDTH = 120
 NOT_AVAILABLE = "n/a"  # a measured quantity the data cannot give (top-1 on unlabelled images)
 ORIGINAL_STAGE = "original"
@@ -61,34 +71,47 @@ def md_cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def channels_text(row: Any) -> str:
+def channels_text(row: Any, arrow: str = " → ") -> str:
+    """``'64 → 256'``: in and out channels (``arrow="→"`` for narrow tables)."""
     if row.in_channels is None and row.out_channels is None:
         return MISSING
 
     def known(value: int | None) -> str:
         return "?" if value is None else str(value)
 
-    return f"{known(row.in_channels)} → {known(row.out_channels)}"
+    return f"{known(row.in_channels)}{arrow}{known(row.out_channels)}"
 
 
-def kernel_text(row: Any) -> str:
+def kernel_text(row: Any, slash: str = " / ") -> str:
+    """``'3x3 / 2'``: kernel size and stride (``slash="/"`` for narrow tables)."""
     kernel = "x".join(str(k) for k in row.kernel_size) if row.kernel_size else "?"
     stride = "x".join(str(s) for s in row.stride) if row.stride else "?"
     if row.stride and len(set(row.stride)) == 1:
         stride = str(row.stride[0])
-    return f"{kernel} / {stride}"
+    return f"{kernel}{slash}{stride}"
 
 
 def fit_text(fit_error: float | None) -> str:
     return MISSING if fit_error is None else f"{fit_error:.3f}"
 
 
-def before_after(before: int | None, after: int | None) -> str:
+def before_after(before: int | None, after: int | None, count: Callable[[float | None], str] = human_count,
+                 arrow: str = " → ") -> str:
+    """``'2.36 M → 1.18 M'`` (numbers written by ``count``); one number when nothing changed."""
     if before is None and after is None:
         return MISSING
     if before == after:
-        return human_count(before)
-    return f"{human_count(before)} → {human_count(after)}"
+        return count(before)
+    return f"{count(before)}{arrow}{count(after)}"
+
+
+def short_count(value: float | None) -> str:
+    """A count in three significant digits without a space, for narrow tables: ``'2.36M'``, ``'147K'``."""
+    if value is None:
+        return MISSING
+    text = human_count(float(f"{value:.3g}"))  # rounded first, so 999999 is '1.00 M', not '1000.00 K'
+    number, _, prefix = text.partition(" ")
+    return f"{float(number):#.3g}".rstrip(".") + prefix if prefix else text
 
 
 def input_text(report: Report) -> str:
@@ -164,13 +187,61 @@ def notes(report: Report) -> list[str]:
             listed = ", ".join(f"{op} x{count}" for op, count in sorted(ops.items()))
             lines.append(f"Ops fvcore did not count ({label}): {listed}.")
     if report.macs_check_ok:
-        lines.append(
-            f"MAC cross-check ok: per-layer MACs + {human_count(report.macs_outside_layers_before)} outside the "
-            f"conv layers = fvcore total, before and after."
-        )
+        outside = before_after(report.macs_outside_layers_before, report.macs_outside_layers_after)
+        lines.append(f"MAC cross-check ok: per-layer MACs + {outside} outside the conv layers = fvcore total, before and after.")
     else:
-        lines.append("MAC cross-check FAILED: " + "; ".join(report.macs_check_notes))
-    return lines
+        lines.append(f"{MACS_CHECK_FAILED}: " + "; ".join(report.macs_check_notes))
+    if report.macs_weight_ops_before or report.macs_weight_ops_after:
+        weights = before_after(report.macs_weight_ops_before, report.macs_weight_ops_after)
+        lines.append(f"Outside the conv layers: {weights} MACs of weight standardisation inside conv modules "
+                     "(timm's StdConv2d and the like).")
+    return lines + [line for line in (nothing_converted(report), top1_note(report), accuracy_warning(report)) if line]
+
+
+def nothing_converted(report: Report) -> str | None:
+    """When no conv became a ghost module: say so, with the commonest reason they were kept. None otherwise."""
+    if report.convs_converted or not report.layers:
+        return None
+    reasons = Counter(row.reason for row in report.layers)
+    reason, count = reasons.most_common(1)[0]
+    return (f"{NOTHING_CONVERTED}: all {plural(len(report.layers), 'conv')} were kept, so the two models compute "
+            f"the same; commonest reason: {reason} ({plural(count, 'layer')}). `ghostify inspect MODEL` lists each reason.")
+
+
+def mean_fit_error(report: Report) -> tuple[float | None, int]:
+    """Mean fit error of the converted layers that have one, and how many have one."""
+    errors = [row.fit_error for row in report.layers if row.convert and row.fit_error is not None]
+    return _mean(errors), len(errors)
+
+
+def accuracy_warning(report: Report) -> str | None:
+    """When layers were converted but no accuracy measured: the outputs differ, and how to measure and
+    recover the accuracy. None otherwise."""
+    if report.convs_converted == 0 or report.accuracy is not None or has_recovery(report):
+        return None
+    fit, count = mean_fit_error(report)
+    fit_part = "" if fit is None else f" (mean fit error {fit:.3f} over {plural(count, 'converted layer')})"
+    return (f"{ACCURACY_NOT_MEASURED}: the converted model's outputs differ from the original's{fit_part}. "
+            "Measure accuracy with --data DIR; recover it with --calibrate or --distill.")
+
+
+def top1_note(report: Report) -> str | None:
+    """Why top-1 is n/a when the data's class folders cannot be the model's classes; None otherwise."""
+    accuracy = report.accuracy
+    if accuracy is None or not accuracy.classes_mismatch:
+        return None
+    return (f"{TOP1_NOT_MEASURED}: {accuracy.dataset} has {plural(accuracy.data_classes, 'class folder')} but the "
+            f"model predicts {accuracy.model_classes} classes, so the labels are not the model's; agreement with "
+            "the original needs no labels.")
+
+
+def note_kind(note: str) -> str | None:
+    """``'bad'`` for a failed MAC cross-check, ``'warning'`` for accuracy that was not measured, else None."""
+    if note.startswith(MACS_CHECK_FAILED):
+        return "bad"
+    if note.startswith((ACCURACY_NOT_MEASURED, TOP1_NOT_MEASURED, NOTHING_CONVERTED)):
+        return "warning"
+    return None
 
 
 # ----- accuracy recovery -----------------------------------------------------------------------
@@ -368,9 +439,9 @@ def to_markdown(report: Report) -> str:
     lines.append("")
     lines += [f"- {md_cell(note)}" for note in notes(report)]
     lines += recovery_markdown(report)
-    lines += ["", "## Conv layers", ""]
+    lines += ["", "## Conv layers", "", FIT_ERROR_EXPLANATION, ""]
     headers = ["Layer", "Kind", "In → out", "Kernel / stride", "Ratio", "Converted",
-               "Params before", "Params after", "MACs before", "MACs after", "Fit error", "Reason"]
+               "Params before", "Params after", "MACs before", "MACs after", FIT_ERROR_HEADER, "Reason"]
     lines.append("| " + " | ".join(headers) + " |")
     lines.append("|" + "|".join(["---"] * 6 + ["---:"] * 5 + ["---"]) + "|")
     for row in report.layers:
@@ -415,25 +486,41 @@ def recovery_table(report: Report) -> Table:
     return table
 
 
+def layer_status(row: Any, footnotes: dict[str, int]) -> Text:
+    """``'ghost s=2'`` for a converted layer; ``'kept [n]'`` for a kept one, ``n`` numbering its reason in
+    ``footnotes`` (reason -> number, extended here), so that a row stays one line."""
+    if row.convert:
+        return Text(f"ghost s={row.ratio}", style="green")
+    mark = footnotes.setdefault(row.reason or "not selected", len(footnotes) + 1)
+    return Text(f"kept [{mark}]", style="dim")
+
+
 def layer_table(report: Report, max_rows: int | None = None) -> Table:
-    """Rich table with one row per conv layer; past ``max_rows`` a last row says how many were left out."""
-    table = Table(title="Conv layers", title_justify="left")
+    """Rich table with one line per conv layer: short cells, why a layer was kept as a numbered note under
+    the table, with what the fit error means. Past ``max_rows`` a last row says how many were left out."""
+    shown = report.layers if max_rows is None else report.layers[:max(max_rows, 0)]
     with_fit = any(row.fit_error is not None for row in report.layers)
-    table.add_column("Layer", no_wrap=True)
-    table.add_column("In → out", justify="right", no_wrap=True)
-    table.add_column("k / s", no_wrap=True)
-    table.add_column("Ratio", justify="right")
+    footnotes: dict[str, int] = {}
+    statuses = [layer_status(row, footnotes) for row in shown]
+    caption = [f"[{mark}] {reason}" for reason, mark in footnotes.items()]
+    if with_fit:
+        caption.append(FIT_ERROR_EXPLANATION)
+    table = Table(title="Conv layers", title_justify="left", caption="\n".join(caption) or None,
+                  caption_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    # the layer name alone may shrink (cut with "…") so that every row keeps to one line
+    table.add_column("Layer", overflow="ellipsis", min_width=12)
+    table.add_column("In→out", justify="right", no_wrap=True)
+    table.add_column("k/s", no_wrap=True)
     table.add_column("Params", justify="right", no_wrap=True)
     table.add_column("MACs", justify="right", no_wrap=True)
     if with_fit:
-        table.add_column("Fit err", justify="right")
-    table.add_column("Status")
-    shown = report.layers if max_rows is None else report.layers[:max(max_rows, 0)]
-    for row in shown:
-        status = Text("ghost", style="green") if row.convert else Text(row.reason or "not selected", style="dim")
+        table.add_column(FIT_ERROR_HEADER, justify="right", no_wrap=True)
+    table.add_column("Status", no_wrap=True)
+    for row, status in zip(shown, statuses):
         cells: list[Any] = [
-            row.name, channels_text(row), kernel_text(row), str(row.ratio) if row.convert else MISSING,
-            before_after(row.params_before, row.params_after), before_after(row.macs_before, row.macs_after),
+            row.name, channels_text(row, "→"), kernel_text(row, "/"),
+            before_after(row.params_before, row.params_after, short_count, "→"),
+            before_after(row.macs_before, row.macs_after, short_count, "→"),
         ]
         if with_fit:
             cells.append(fit_text(row.fit_error))
@@ -444,9 +531,14 @@ def layer_table(report: Report, max_rows: int | None = None) -> Table:
     return table
 
 
+def notes_text(lines: Sequence[str]) -> Text:
+    """Notes for the terminal, one per line; a failed check in red, unmeasured accuracy in yellow."""
+    return Text("\n").join(Text(line, style=NOTE_STYLES.get(note_kind(line) or "", "")) for line in lines)
+
+
 def renderables(report: Report) -> list[RenderableType]:
     """What ``print(report)`` shows: the summary and its notes, then the accuracy recovered and how (if any)."""
-    items: list[RenderableType] = [summary_table(report), Text("\n".join(notes(report)))]
+    items: list[RenderableType] = [summary_table(report), notes_text(notes(report))]
     if report.recovery:
         items.append(recovery_table(report))
     summaries = recovery_notes(report)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ class ConvSite:
     bias: bool = False
     call_sites: int = 1
     is_stem: bool = False
+    is_output: bool = False  # its output reaches the model's output through channel-wise ops only
     aliases: list[str] = field(default_factory=list)
     custom_forward: str | None = None  # class name of a Conv2d subclass that overrides forward
 
@@ -92,6 +94,21 @@ class ConversionPlan:
     def skipped(self) -> list[LayerPlan]:
         return [layer for layer in self.layers if not layer.convert]
 
+    def pattern_matches(self) -> list[PatternMatch]:
+        """What each include / exclude / layer_ratios pattern of the config selected (see ``PatternMatch``)."""
+        return match_patterns(self.config, [layer.name for layer in self.layers])
+
+    def why_nothing_converted(self, most: int = 3) -> str | None:
+        """None when some layer is converted; else one sentence with the commonest reasons layers were kept."""
+        if self.converted:
+            return None
+        if not self.layers:
+            return "the model has no Conv2d layer (and no conv2d call) to convert."
+        counts = Counter(layer.reason for layer in self.layers)
+        reasons = "; ".join(f"{reason} ({n} layer{'s' if n != 1 else ''})" for reason, n in counts.most_common(most))
+        more = f"; and {len(counts) - most} other reasons" if len(counts) > most else ""
+        return f"none of the {len(self.layers)} convs was converted: {reasons}{more}. `ghostify inspect MODEL` lists every conv with its reason."
+
     def layer(self, name: str) -> LayerPlan:
         for layer in self.layers:
             if layer.name == name:
@@ -132,13 +149,59 @@ class ConversionPlan:
         )
 
 
+@dataclass(frozen=True)
+class PatternMatch:
+    """The layers one ``include`` / ``exclude`` / ``layer_ratios`` pattern selects, and how it matched them."""
+
+    option: str
+    pattern: str
+    kind: str  # "regex", "glob", "exact" or "suffix" (a plain name matching some layer only as a dotted suffix)
+    layers: tuple[str, ...]
+
+    def describe(self, shown: int = 8) -> str:
+        """``exclude 'conv1' matches 17 layers by name suffix: conv1, layer1.0.conv1, ...; ...``"""
+        names = ", ".join(self.layers[:shown]) + (", ..." if len(self.layers) > shown else "")
+        how = {"regex": "as a regex", "glob": "as a glob", "exact": "by exact name", "suffix": "by name suffix"}[self.kind]
+        text = f"{self.option} {self.pattern!r} matches {len(self.layers)} layer{'s' if len(self.layers) != 1 else ''} {how}: {names}"
+        if self.kind == "suffix":
+            exact = "only the layer named exactly " + repr(self.pattern) if self.pattern in self.layers else "one layer exactly"
+            text += f" (a plain name also matches as a dotted suffix; to match {exact}, write 're:{re.escape(self.pattern)}')"
+        return text
+
+
+def pattern_kind(pattern: str) -> str:
+    """How ``pattern`` is read: "regex" (``re:``), "glob" (``*``, ``?``, ``[``) or "name" (exact or dotted suffix)."""
+    if pattern.startswith("re:"):
+        return "regex"
+    return "glob" if any(ch in pattern for ch in "*?[") else "name"
+
+
 def pattern_matches(pattern: str, name: str) -> bool:
     """Whether ``pattern`` (regex, glob or plain name, see module docstring) selects layer ``name``."""
-    if pattern.startswith("re:"):
+    kind = pattern_kind(pattern)
+    if kind == "regex":
         return re.fullmatch(pattern[3:], name) is not None
-    if any(ch in pattern for ch in "*?["):
+    if kind == "glob":
         return fnmatch.fnmatchcase(name, pattern)
     return name == pattern or name.endswith("." + pattern)
+
+
+def _rules(config: GhostConfig) -> list[tuple[str, list[str]]]:
+    return [("include", list(config.include)), ("exclude", list(config.exclude)),
+            ("layer_ratios", [p for p, _ in config.layer_ratios])]
+
+
+def match_patterns(config: GhostConfig, names: Sequence[str]) -> list[PatternMatch]:
+    """Every pattern of ``config`` with the layers among ``names`` it selects, in option order."""
+    matches = []
+    for option, patterns in _rules(config):
+        for pattern in patterns:
+            layers = tuple(name for name in names if pattern_matches(pattern, name))
+            kind = pattern_kind(pattern)
+            if kind == "name":
+                kind = "exact" if layers == (pattern,) else "suffix"
+            matches.append(PatternMatch(option, pattern, kind, layers))
+    return matches
 
 
 def _check_patterns(config: GhostConfig, names: Sequence[str]) -> None:
@@ -149,18 +212,13 @@ def _check_patterns(config: GhostConfig, names: Sequence[str]) -> None:
             except (re.error, OverflowError, RecursionError) as err:  # "a{99999999999}", deeply nested groups
                 raise ConfigError(f"invalid regular expression in pattern {pattern!r}: {err}") from None
     sample = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-    for option, patterns in (
-        ("include", config.include),
-        ("exclude", config.exclude),
-        ("layer_ratios", [p for p, _ in config.layer_ratios]),
-    ):
-        for pattern in patterns:
-            if not any(pattern_matches(pattern, name) for name in names):
-                raise PatternMatchError(
-                    f"{option} pattern {pattern!r} matches no conv layer. Conv layers in this model: "
-                    f"{sample or '(none)'}. Use a full name, a suffix such as 'conv1', a glob such as "
-                    f"'layer4.*', or 're:<regex>'; `ghostify inspect MODEL` lists every layer."
-                )
+    for match in match_patterns(config, names):
+        if not match.layers:
+            raise PatternMatchError(
+                f"{match.option} pattern {match.pattern!r} matches no conv layer. Conv layers in this model: "
+                f"{sample or '(none)'}. Use a full name, a suffix such as 'conv1', a glob such as "
+                f"'layer4.*', or 're:<regex>'; `ghostify inspect MODEL` lists every layer."
+            )
 
 
 def _ineligible_reason(site: ConvSite, ratio: int, config: GhostConfig) -> str | None:
@@ -193,6 +251,8 @@ def _unselected_reason(site: ConvSite, config: GhostConfig) -> tuple[int, str | 
         return 1, f"ratio 1 for this layer (rule {rule[0]!r})" if rule else "ratio 1: nothing to convert"
     if config.skip_stem and site.is_stem:
         return ratio, "stem conv (skip_stem)"
+    if config.skip_output and site.is_output:
+        return ratio, "produces the model's output (skip_output)"
     if config.skip_pointwise and site.kernel_size is not None and all(k == 1 for k in site.kernel_size):
         return ratio, "1x1 conv (skip_pointwise)"
     return ratio, None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
+from rich.text import Text
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -19,7 +20,8 @@ from .errors import ConfigError
 from .formatting import MISSING, human_count, ratio_text
 from .report import ComparisonReport, check_schema, compare
 from .report_html import render_html
-from .report_render import NOT_AVAILABLE, render_text
+from .report_render import NOT_AVAILABLE, render_text, top1_note
+from .serialization import write_model_files
 
 SWEEP_SCHEMA = "ghostify.sweep"
 SWEEP_SCHEMA_VERSION = 1
@@ -110,20 +112,34 @@ class SweepReport:
         lines = [f"# ghostify sweep: {self.model}", "", "| " + " | ".join(self.SUMMARY_HEADERS) + " |",
                  "|---|" + "---:|" * (len(self.SUMMARY_HEADERS) - 1)]
         lines += ["| " + " | ".join(cells) + " |" for cells in self.summary_cells()]
+        lines += [f"\n{note}" for note in self.notes()]
         for report in self.reports:
             lines += ["", report.to_markdown().replace("\n# ", "\n## ", 1)]
         return "\n".join(lines) + "\n"
 
+    def notes(self) -> list[str]:
+        """Notes every ratio shares, such as why top-1 is n/a (the data's classes are not the model's)."""
+        return list(dict.fromkeys(note for report in self.reports for note in [top1_note(report)] if note))
+
+    def _renderables(self) -> list[Any]:
+        return [self.summary_table(), *(Text(note, style="yellow") for note in self.notes())]
+
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield self.summary_table()
+        yield from self._renderables()
 
     def __str__(self) -> str:
-        return render_text(self.summary_table())
+        return render_text(*self._renderables())
 
-    def save(self, directory: str | Path) -> list[Path]:
-        """Write ``sweep.json``, ``sweep.md`` and ``sweep.html`` into ``directory``."""
+    def save(self, directory: str | Path, *, force: bool = False) -> list[Path]:
+        """Write ``sweep.json``, ``sweep.md`` and ``sweep.html`` into ``directory`` (created if missing).
+
+        As ``ghostify.save``, it refuses a non-empty directory unless ``force=True`` (which overwrites
+        the sweep's files and keeps the rest).
+        """
+        from .outputs import prepare_report_directory
+
+        prepare_report_directory(directory, force=force)
         target = Path(directory)
-        target.mkdir(parents=True, exist_ok=True)
         paths = [target / "sweep.json", target / "sweep.md", target / "sweep.html"]
         paths[0].write_text(self.to_json() + "\n", encoding="utf-8")
         paths[1].write_text(self.to_markdown(), encoding="utf-8")
@@ -154,14 +170,41 @@ def sweep(
     latency: bool = False,
     device: str = "cpu",
     model_name: str = "model",
+    on_converted: Callable[[int, nn.Module], None] | None = None,
     **options: Any,
 ) -> SweepReport:
-    """Convert ``model`` at each ratio and compare each result with it (``options``: GhostConfig fields)."""
+    """Convert ``model`` at each ratio and compare each result with it (``options``: GhostConfig fields).
+
+    The report holds measurements only; ``on_converted(ratio, converted_model)`` is called after each
+    conversion, to keep or save the converted models (e.g. ``models = {}; sweep(..., on_converted=models.__setitem__)``).
+    """
     reports = []
     for ratio in parse_ratios(ratios):
         converted = convert(model, config, **{**options, "ratio": ratio})
+        if on_converted is not None:
+            on_converted(ratio, converted)
         reports.append(compare(
             model, converted, tuple(input_size), data=data, data_name=data_name, latency=latency, device=device,
             original_name=model_name, converted_name=f"{model_name} (ghost s={ratio})",
         ))
     return SweepReport(model=model_name, reports=reports)
+
+
+def model_directory(directory: str | Path, ratio: int) -> Path:
+    """Where ``ghostify sweep -o DIR --save-models`` saves the model converted at ``ratio``: ``DIR/ratio-S``."""
+    return Path(directory) / f"ratio-{ratio}"
+
+
+def write_sweep_models(models: Mapping[int, nn.Module], directory: str | Path, **recipe: Any) -> list[Path]:
+    """Write each converted model into ``model_directory(directory, ratio)`` as ``convert -o`` does
+    (``model.safetensors`` + ``ghostify.json``, loadable with ``ghostify.load``).
+
+    ``recipe``: ``write_model_files``'s keyword arguments (``base_model``, ``base_checkpoint``, ...).
+    """
+    written = []
+    for ratio, converted in sorted(models.items()):
+        target = model_directory(directory, ratio)
+        target.mkdir(parents=True, exist_ok=True)
+        write_model_files(converted, target, **recipe)
+        written.append(target)
+    return written

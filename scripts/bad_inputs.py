@@ -17,11 +17,14 @@ from torch import nn
 WORK = Path(tempfile.mkdtemp(prefix="ghostify-bad-inputs-"))
 PY = sys.executable
 
+TINY = "nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3))"
+
+
 def tiny():
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3))
+    return eval(TINY)  # the model tiny.py builds: stem and output conv kept, the middle one converted
 
 def setup():
-    (WORK / "tiny.py").write_text("from torch import nn\n\n\ndef make():\n    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3))\n")
+    (WORK / "tiny.py").write_text(f"from torch import nn\n\n\ndef make():\n    return {TINY}\n")
     (WORK / "raises.py").write_text("def make():\n    raise RuntimeError('boom')\n")
     (WORK / "syntax.py").write_text("def make(:\n    return 1\n")
     (WORK / "not_a_model.py").write_text("def make():\n    return 3\n")
@@ -54,6 +57,7 @@ CASES = [
     ("convert tiny.py:make --input-size 8 -o '' --force", "-o empty string (= current directory)", None),
     ("convert tiny.py:make --input-size 8 -o .. --force", "-o a parent of the current directory", None),
     ("convert tiny.py:make --input-size 8 -c ckpts/tiny.pth -o ckpts --force", "-o the directory holding the checkpoint", None),
+    ("convert tiny.py:make --input-size 3,32", "two numbers: C,H or H,W?", None),
     ("convert tiny.py:make --input-size 0,32,32", "", None),
     ("convert tiny.py:make --input-size 0,0,0", "", None),
     ("convert tiny.py:make --input-size 3,1,1", "input the model rejects", None),
@@ -114,6 +118,8 @@ CASES = [
     ("compare tiny.py:make saved --input-size 8 -o saved --force", "-o the saved model compare reads", None),
     ("compare tiny.py:make notes.txt", "CONVERTED is not a directory", None),
     ("compare torchvision:resnet18 saved --input-size 8", "CONVERTED was made from another model", None),
+    ("compare tiny.py:make saved --input-size 8 -c ckpts/tiny.pth", "ORIGINAL has other weights than saved/ records", r"^warning:"),
+    ("sweep tiny.py:make --input-size 8 --save-models", "--save-models without -o", None),
     ("sweep tiny.py:make --ratios 2,x", "", None),
     ("sweep tiny.py:make --ratios ''", "", None),
 ]
@@ -152,13 +158,17 @@ def main():
     assert (WORK / "full" / "keep.txt").exists() and (WORK / "ckpts" / "tiny.pth").exists() and (WORK / "saved" / "model.safetensors").exists()
     leftovers = [p for p in WORK.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name or "probe" in p.name]
     assert not leftovers, leftovers
-    Path(sys.argv[1]).write_text(HEADER + "\n".join(rows) + "\n" + FOOTER)
+    target = Path(sys.argv[1])
+    # the calibration and distillation section (Ctrl-C rows, data folders) is kept as it was written
+    kept = target.read_text().partition(RECOVERY_SECTION)[2] if target.is_file() else ""
+    target.write_text(HEADER + "\n".join(rows) + "\n" + FOOTER + (f"\n{RECOVERY_SECTION}{kept}" if kept else ""))
 
-HEADER = """# Bad inputs and what ghostify says
+RECOVERY_SECTION = "## Calibration and distillation"
+HEADER = f"""# Bad inputs and what ghostify says
 
 Every row was produced by running the command (`python -m ghostify.cli ...` with `COLUMNS=200`)
 in a scratch directory holding `tiny.py` (`make()` returns
-`nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3))`), checkpoints
+`{TINY}`), checkpoints
 (`ckpts/tiny.pth`, `other_model.pth` for another model, `with_args.pth` holding an
 `argparse.Namespace`, `foreign_object.pth` holding an object whose class is no longer importable,
 `list.pth`, `empty.pth`), a text file `notes.txt`, a non-empty directory `full/` and a saved model

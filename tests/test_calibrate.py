@@ -150,7 +150,7 @@ def test_calibration_from_an_image_folder(pair, tmp_path):
     assert result.images == 20
     assert all(layer.error_after < layer.error_before for layer in result.layers)
     # without a pipeline the model's default (224 px) is refused for 14 px images, saying what to pass
-    with pytest.raises(GhostifyError, match="--input-size 14,14"):
+    with pytest.raises(GhostifyError, match="--input-size 3,14,14"):
         calibrate(copy.deepcopy(start), teacher, tmp_path)
 
 

@@ -83,7 +83,7 @@ def test_bad_ratio_is_rejected(ratio: str) -> None:
         (["--include", "re:layer[", "--dry-run"], "invalid regular expression"),
         (["--layer-ratio", "layer4"], "PATTERN=RATIO"),
         (["--layer-ratio", "layer4.*=0"], "ratio must be"),
-        (["--input-size", "3,abc"], "--input-size must look like"),
+        (["--input-size", "3,abc"], "--input-size must be S (a 3xSxS image"),
         (["--input-size", "5,32,32"], "--input-size"),
     ],
 )

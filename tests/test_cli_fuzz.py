@@ -261,7 +261,7 @@ def test_bad_output_paths_fail_before_converting(world, output, message) -> None
     [
         (["--input-size", "99999999999"], "could not be allocated"),
         (["--input-size", "3,99999999,99999999"], "could not be allocated"),
-        (["--input-size", "3,²,8"], "--input-size must look like"),
+        (["--input-size", "3,²,8"], "--input-size must be S (a 3xSxS image"),
         (["--input-size", "0,32,32"], "every number >= 1"),
         (["--layer-ratio", "0=²"], "PATTERN=RATIO"),
         (["--dw-size", "101"], "dw_size must be an odd whole number from 1 to 9"),

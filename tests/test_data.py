@@ -182,7 +182,7 @@ def test_truncated_image_is_named(tmp_path):
 def test_images_far_too_small_suggest_input_size(tmp_path):
     root = _flat(tmp_path / "small", 2, size=(12, 20))  # 12 wide, 20 high
     pipeline = InputPipeline((3, 64, 64))
-    with pytest.raises(DataError, match="--input-size 20,12") as info:
+    with pytest.raises(DataError, match="--input-size 3,20,12") as info:
         as_dataset(root, pipeline)
     assert "12x20" in str(info.value) and "64x64" in str(info.value) and "img0.png" in str(info.value)
     with pytest.raises(DataError, match="--input-size"):

@@ -219,9 +219,10 @@ def test_awkward_model_plan():
     assert [l.name for l in plan.layers] == [
         "stem", "shared", "a", "weight (functional)", "dw", "custom", "plain", "head", "unused"
     ]
-    assert [l.name for l in plan.converted] == ["shared", "a", "plain", "head"]
+    assert [l.name for l in plan.converted] == ["shared", "a", "plain"]
     assert by_name["stem"].reason == "stem conv (skip_stem)" and by_name["stem"].eligible
-    everything = ghostify.plan_conversion(model, skip_stem=False)
+    assert by_name["head"].reason == "produces the model's output (skip_output)" and by_name["head"].eligible
+    everything = ghostify.plan_conversion(model, skip_stem=False, skip_output=False)
     assert [l.name for l in everything.converted] == ["stem", "shared", "a", "plain", "head"]
     assert [l.name for l in plan.layers if l.kind == "functional"] == ["weight (functional)"]
 
@@ -247,7 +248,7 @@ def test_awkward_model_convert():
     x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():
         before = model(x)
-    converted = ghostify.convert(model, ratio=2)
+    converted = ghostify.convert(model, ratio=2, skip_output=False)
     with torch.no_grad():
         after = converted(x)
     assert after.shape == before.shape == (2, 10, 12, 12)
@@ -488,15 +489,15 @@ class Small(nn.Module):
 def test_convert_in_place_vs_copy():
     torch.manual_seed(0)
     model = Small().eval()
-    copied = ghostify.convert(model, skip_stem=False)
+    copied = ghostify.convert(model, skip_stem=False, skip_output=False)
     assert copied is not model
     assert type(model.conv1) is nn.Conv2d and type(model.conv2) is nn.Conv2d
     assert isinstance(copied.conv1, GhostConv2d) and copied.bn is not model.bn
-    default = ghostify.convert(model)  # the stem conv1 is kept
+    default = ghostify.convert(model, skip_output=False)  # the stem conv1 is kept
     assert type(default.conv1) is nn.Conv2d and default.conv1 is not model.conv1
     assert isinstance(default.conv2, GhostConv2d)
 
-    same = ghostify.convert_(model, skip_stem=False)
+    same = ghostify.convert_(model, skip_stem=False, skip_output=False)
     assert same is model
     assert isinstance(model.conv1, GhostConv2d) and isinstance(model.conv2, GhostConv2d)
     assert ghostify.get_plan(model) is not None
@@ -516,12 +517,12 @@ def test_errors_leave_model_untouched():
 def test_random_init_and_paper_variant():
     torch.manual_seed(0)
     model = Small().eval()
-    random = ghostify.convert(model, init="random")
+    random = ghostify.convert(model, init="random", skip_output=False)
     assert all(l.fit_error is None for l in ghostify.get_plan(random).converted)
     assert type(random.conv1) is nn.Conv2d  # the stem is kept
     assert random.conv2.out_index.tolist() == list(range(32))
 
-    paper = ghostify.convert(model, variant="paper-bn-relu", dw_size=5, ratio=4)
+    paper = ghostify.convert(model, variant="paper-bn-relu", dw_size=5, ratio=4, skip_output=False)
     assert type(paper.conv1) is nn.Conv2d
     assert isinstance(paper.conv2, ghostify.GhostConv2dBNReLU)
     assert paper.conv2.dw_size == 5 and paper.conv2.ratio == 4

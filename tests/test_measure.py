@@ -59,13 +59,13 @@ def test_count_params_tiny_model_by_hand():
 
 
 def test_count_params_converted_by_hand():
-    converted = ghostify.convert(tiny_model(), ratio=2, min_channels=1, init="random")
+    converted = ghostify.convert(tiny_model(), ratio=2, min_channels=1, skip_output=False, init="random")
     # the stem (layer 0) is kept by default; only layer 3 becomes a ghost module
     assert type(converted[0]) is nn.Conv2d and isinstance(converted[3], ghostify.GhostConv2d)
     expected = 3 * 16 * 9 + 2 * 16 + ghost_params(16, 32, 3, 2, 3)
     assert expected == 432 + 32 + 2448
     assert count_params(converted) == expected
-    everything = ghostify.convert(tiny_model(), ratio=2, min_channels=1, init="random", skip_stem=False)
+    everything = ghostify.convert(tiny_model(), ratio=2, min_channels=1, skip_output=False, init="random", skip_stem=False)
     assert count_params(everything) == ghost_params(3, 16, 3, 2, 3) + 2 * 16 + ghost_params(16, 32, 3, 2, 3) == 288 + 32 + 2448
 
 
@@ -80,11 +80,11 @@ def test_state_dict_bytes_by_hand():
 
 
 def test_state_dict_bytes_converted_includes_out_index():
-    converted = ghostify.convert(tiny_model(), ratio=2, min_channels=1, init="random")
+    converted = ghostify.convert(tiny_model(), ratio=2, min_channels=1, skip_output=False, init="random")
     floats = 3 * 16 * 9 + ghost_params(16, 32, 3, 2, 3) + 4 * 16  # the stem is kept as it is
     out_index = 32 * 8  # int64 buffer mapping the m*s maps onto the output channels
     assert state_dict_bytes(converted) == floats * 4 + 8 + out_index
-    everything = ghostify.convert(tiny_model(), ratio=2, min_channels=1, init="random", skip_stem=False)
+    everything = ghostify.convert(tiny_model(), ratio=2, min_channels=1, skip_output=False, init="random", skip_stem=False)
     floats = ghost_params(3, 16, 3, 2, 3) + ghost_params(16, 32, 3, 2, 3) + 4 * 16
     assert state_dict_bytes(everything) == floats * 4 + 8 + (16 + 32) * 8
 
@@ -125,7 +125,7 @@ def test_count_macs_original_by_hand():
 
 @pytest.mark.parametrize("ratio, dw_size", [(2, 3), (3, 3), (2, 1), (4, 5)])
 def test_count_macs_ghost_modules_by_hand(ratio, dw_size):
-    converted = ghostify.convert(tiny_model(), ratio=ratio, dw_size=dw_size, min_channels=1, init="random", skip_stem=False)
+    converted = ghostify.convert(tiny_model(), ratio=ratio, dw_size=dw_size, min_channels=1, skip_output=False, init="random", skip_stem=False)
     macs = count_macs(converted, example_input((3, HEIGHT, WIDTH)))
     for name, c_in, c_out in (("0", 3, 16), ("3", 16, 32)):
         primary, cheap = ghost_macs(c_in, c_out, 3, ratio, dw_size)
@@ -138,7 +138,7 @@ def test_count_macs_ghost_modules_by_hand(ratio, dw_size):
     assert macs.unsupported_ops == {"aten::index_select": 2}
 
     # by default the stem is kept: a plain conv's MACs, one ghost module, one index_select
-    default = ghostify.convert(tiny_model(), ratio=ratio, dw_size=dw_size, min_channels=1, init="random")
+    default = ghostify.convert(tiny_model(), ratio=ratio, dw_size=dw_size, min_channels=1, skip_output=False, init="random")
     macs = count_macs(default, example_input((3, HEIGHT, WIDTH)))
     assert macs.by_module["0"] == conv_macs(3, 16, 3) and "0.primary" not in macs.by_module
     assert macs.by_module["3"] == sum(ghost_macs(16, 32, 3, ratio, dw_size))
@@ -172,7 +172,7 @@ def test_count_macs_restores_training_flag_and_counts_in_eval_mode():
 
 
 def test_count_macs_is_quiet(caplog):
-    converted = ghostify.convert(tiny_model(), ratio=2, min_channels=1, init="random")
+    converted = ghostify.convert(tiny_model(), ratio=2, min_channels=1, skip_output=False, init="random")
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
         warnings.simplefilter("always")
         macs = count_macs(converted, example_input((3, HEIGHT, WIDTH)))
@@ -207,7 +207,7 @@ def test_measure_latency_structure_and_model_untouched():
 
 def test_measure_latencies_times_each_model():
     original = tiny_model()
-    converted = ghostify.convert(original, ratio=2, min_channels=1, init="random")
+    converted = ghostify.convert(original, ratio=2, min_channels=1, skip_output=False, init="random")
     stats = measure_latencies([original, converted], example_input((3, HEIGHT, WIDTH)), warmup=0, repeats=3)
     assert len(stats) == 2
     assert all(s.median_ms > 0 and s.repeats == 3 for s in stats)

@@ -68,7 +68,7 @@ def test_file_spec_builds_the_model(user_file):
     assert resolved.source == "file"
     assert resolved.spec == f"{user_file.resolve()}:make"
     assert resolved.pretrained is False and resolved.checkpoint is None
-    assert resolved.weights_note == "random weights (no --checkpoint given)"
+    assert resolved.seed == 0 and resolved.weights_note == "random weights (seed 0, no --checkpoint given)"
     assert resolved.model(torch.zeros(1, 3, 8, 8)).shape == (1, 4)
 
 

@@ -125,9 +125,9 @@ def _perturb(model: nn.Module, seed: int) -> None:
 def test_convert_save_load_round_trip(spec: ConvSpec, ratio: int, dw_size: int, variant: str, init: str, seed: int) -> None:
     torch.manual_seed(seed)
     original = spec.model().eval()
-    # the conv is the model's first (its stem, kept by default): skip_stem=False puts it under test
+    # the conv is the model's first (its stem) and may make its output (both kept by default): put it under test
     converted = ghostify.convert(original, ratio=ratio, dw_size=dw_size, min_channels=1, variant=variant, init=init,
-                                 skip_stem=False).eval()
+                                 skip_stem=False, skip_output=False).eval()
 
     should_convert = spec.out_channels >= ratio
     assert isinstance(converted[0], ghostify.GhostConv2d) == should_convert

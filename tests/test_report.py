@@ -40,7 +40,7 @@ def tiny_model() -> nn.Sequential:
 @pytest.fixture(scope="module")
 def tiny_report() -> ComparisonReport:
     original = tiny_model()
-    converted = ghostify.convert(original, ratio=2, min_channels=1, exclude=["0"])
+    converted = ghostify.convert(original, ratio=2, min_channels=1, skip_output=False, exclude=["0"])
     return compare(original, converted, SIZE, original_name="tiny", converted_name="tiny-ghost")
 
 
@@ -105,7 +105,7 @@ def test_tiny_report_summary_by_hand(tiny_report):
 
 def test_compare_leaves_both_models_alone():
     original = tiny_model().train()
-    converted = ghostify.convert(original, ratio=2, min_channels=1, init="random")
+    converted = ghostify.convert(original, ratio=2, min_channels=1, skip_output=False, init="random")
     before = copy.deepcopy(original.state_dict())
     compare(original, converted, SIZE)
     assert original.training and converted.training
@@ -119,7 +119,7 @@ def test_compare_without_plan_says_how_to_get_one():
 
 def test_report_batch_size_scales_macs():
     original = tiny_model()
-    converted = ghostify.convert(original, ratio=2, min_channels=1, init="random")
+    converted = ghostify.convert(original, ratio=2, min_channels=1, skip_output=False, init="random")
     single, double = compare(original, converted, SIZE), compare(original, converted, SIZE, batch_size=2)
     assert double.macs_before == 2 * single.macs_before and double.macs_after == 2 * single.macs_after
     assert double.batch_size == 2
@@ -137,7 +137,7 @@ def test_functional_and_shared_convs():
             return F.conv2d(self.b(self.a(x)), self.weight)
 
     original = Mixed()
-    converted = ghostify.convert(original, ratio=2, min_channels=1, init="random", skip_stem=False)
+    converted = ghostify.convert(original, ratio=2, min_channels=1, skip_output=False, init="random", skip_stem=False)
     report = compare(original, converted, (8, 8, 8))
     shared = next(row for row in report.layers if row.kind == "module")
     functional = next(row for row in report.layers if row.kind == "functional")
@@ -154,7 +154,7 @@ def test_functional_and_shared_convs():
 
 def test_check_macs_catches_numbers_that_do_not_add_up():
     original = tiny_model()
-    converted = ghostify.convert(original, ratio=2, min_channels=1, init="random")
+    converted = ghostify.convert(original, ratio=2, min_channels=1, skip_output=False, init="random")
     inputs = example_input(SIZE)
     before, after = count_macs(original, inputs), count_macs(converted, inputs)
     report = compare(original, converted, SIZE)
@@ -208,7 +208,7 @@ def test_resnet18_conv_rows_match_the_conv_operator(resnet_pair, resnet_report):
 
 def test_json_round_trip(tiny_report):
     payload = json.loads(tiny_report.to_json())
-    assert payload["schema"] == REPORT_SCHEMA and payload["schema_version"] == 2
+    assert payload["schema"] == REPORT_SCHEMA and payload["schema_version"] == 3
     assert payload["savings"]["params_ratio"] == pytest.approx(tiny_report.params_ratio)
     assert ComparisonReport.from_dict(payload) == tiny_report
     assert ComparisonReport.from_json(tiny_report.to_json(indent=None)) == tiny_report
@@ -216,7 +216,7 @@ def test_json_round_trip(tiny_report):
 
 def test_json_round_trip_with_latency_and_weights_note():
     original = tiny_model()
-    converted = ghostify.convert(original, ratio=2, min_channels=1, init="random")
+    converted = ghostify.convert(original, ratio=2, min_channels=1, skip_output=False, init="random")
     report = compare(original, converted, SIZE, latency=True, latency_warmup=1, latency_repeats=3)
     report.weights_note = "random weights"
     assert isinstance(report.latency_before, LatencyStats) and isinstance(report.latency_after, LatencyStats)

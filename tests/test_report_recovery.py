@@ -201,7 +201,7 @@ def test_sweep_page_shows_each_ratios_recovery(report, base):
 
 def test_json_v2_round_trip(report, tmp_path):
     payload = json.loads(report.to_json())
-    assert payload["schema_version"] == REPORT_SCHEMA_VERSION == 2
+    assert payload["schema_version"] == REPORT_SCHEMA_VERSION == 3
     assert payload["recovery"][1] == {"stage": "converted (data-free)", "top1": 0.102, "agreement": 0.114,
                                       "samples": 500, "dataset": "cifar10/test"}
     assert payload["calibration"]["head"] == ["linear", 0.36, 0.31] and payload["training"] == TRAINING

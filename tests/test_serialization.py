@@ -102,7 +102,7 @@ def test_save_refuses_to_overwrite_without_force(tmp_path) -> None:
     target = tmp_path / "m"
     target.mkdir()
     (target / "keep.txt").write_text("user data")
-    with pytest.raises(GhostifyError, match="--force"):
+    with pytest.raises(GhostifyError, match="force=True"):
         ghostify.save(converted, target)
     assert (target / "keep.txt").read_text() == "user data"
     ghostify.save(converted, target, force=True)
