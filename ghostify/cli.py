@@ -240,7 +240,7 @@ def _print_selection(plan: ConversionPlan) -> None:
         stdout.print(escape(match.describe()), highlight=False, soft_wrap=True)
     reason = plan.why_nothing_converted()
     if reason:
-        stderr.print(f"[bold yellow]warning:[/] nothing was converted: {escape(reason)}", highlight=False, soft_wrap=True)
+        stderr.print(f"[bold yellow]warning:[/] {escape(reason)}", highlight=False, soft_wrap=True)
 
 
 def _data_args(data: Path | None, limit: int | None, size: tuple[int, int, int], model,

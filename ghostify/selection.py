@@ -103,11 +103,12 @@ class ConversionPlan:
         if self.converted:
             return None
         if not self.layers:
-            return "the model has no Conv2d layer (and no conv2d call) to convert."
+            return "nothing was converted: the model has no Conv2d layer (and no conv2d call)."
         counts = Counter(layer.reason for layer in self.layers)
         reasons = "; ".join(f"{reason} ({n} layer{'s' if n != 1 else ''})" for reason, n in counts.most_common(most))
         more = f"; and {len(counts) - most} other reasons" if len(counts) > most else ""
-        return f"none of the {len(self.layers)} convs was converted: {reasons}{more}. `ghostify inspect MODEL` lists every conv with its reason."
+        convs = f"{len(self.layers)} conv{'s' if len(self.layers) != 1 else ''}"
+        return f"nothing was converted ({convs}): {reasons}{more}. `ghostify inspect MODEL` lists every conv with its reason."
 
     def layer(self, name: str) -> LayerPlan:
         for layer in self.layers:

@@ -135,11 +135,11 @@ def test_torchvision_squeezenet_classifier_is_kept():
 
 def test_a_conversion_that_converts_nothing_says_why(models):
     plan = ghostify.plan_conversion(_load(models, "depthwise"))
-    assert "none of the 1 convs was converted: grouped/depthwise conv (groups=3) is already cheap (1 layer)" in plan.why_nothing_converted()
+    assert "nothing was converted (1 conv): grouped/depthwise conv (groups=3) is already cheap (1 layer)" in plan.why_nothing_converted()
     assert ghostify.plan_conversion(_load(models, "conv_classifier")).why_nothing_converted() is None
     result = invoke("convert", "nets.py:depthwise", "--input-size", "8")
     assert result.exit_code == 0, result.output
-    assert "warning: nothing was converted: none of the 1 convs was converted: grouped/depthwise conv" in result.stderr
+    assert "warning: nothing was converted (1 conv): grouped/depthwise conv" in result.stderr
     assert "ghostify inspect" in result.stderr
 
 
