@@ -193,7 +193,7 @@ def _parse_layer_ratios(rules: list[str] | None) -> list[tuple[str, int]]:
 
 
 def _config(ratio: int, dw_size: int, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise,
-            skip_output: bool = True, variant: str = "linear", init: str = "transfer") -> GhostConfig:
+            skip_output: bool = True, variant: str = "linear", init: str | None = None) -> GhostConfig:
     return GhostConfig(
         ratio=ratio, dw_size=dw_size, include=tuple(include or ()), exclude=tuple(exclude or ()),
         layer_ratios=tuple(_parse_layer_ratios(layer_ratio)), min_channels=min_channels,
@@ -358,7 +358,7 @@ def convert(
     skip_output: SkipOutputOpt = True,
     skip_pointwise: SkipPointwiseOpt = False,
     variant: Annotated[Variant, _value("--variant", metavar="KIND", help="Ghost module kind: linear (a drop-in for the conv) or paper-bn-relu (BN+ReLU inside, as in the paper: train it); e.g. --variant paper-bn-relu (default linear).")] = Variant("linear"),
-    init: Annotated[InitMode, _value("--init", metavar="HOW", help="How ghost modules start: transfer (from the original weights) or random; e.g. --init random (default transfer).")] = InitMode.transfer,
+    init: Annotated[Optional[InitMode], _value("--init", metavar="HOW", help="How ghost modules start: transfer (from the original weights) or random; e.g. --init random (default transfer; random for paper-bn-relu, which cannot start from the original weights).")] = None,
     checkpoint: CheckpointOpt = None,
     trust_checkpoint: TrustOpt = False,
     pretrained: PretrainedOpt = False,
@@ -394,7 +394,7 @@ def convert(
         if not is_main_process():
             stdout.quiet = True
         config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, skip_output,
-                         variant.value, init.value)
+                         variant.value, init.value if init is not None else None)
         size = explicit_size = _parse_input_size(input_size)  # a typo fails before the model is built
         norm_mean, norm_std = _parse_floats("--mean", mean), _parse_floats("--std", std)
         options = _training_options(epochs, batch_size, lr, seed)

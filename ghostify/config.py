@@ -62,7 +62,9 @@ class GhostConfig:
     skip_output: leave the convs that produce the model's output alone (default: a 1x1 classifier
     conv would otherwise make half of the class scores cheap copies of the others).
     variant: which ghost module replaces a conv (``ghostify.graph_pass.VARIANTS``).
-    init: "transfer" starts from the original weights, "random" from PyTorch's default init.
+    init: "transfer" starts from the original weights, "random" from PyTorch's default init; None
+    (default) is "transfer" for variants that can start from the original weights and "random"
+    for the others (paper-bn-relu: BN and ReLU inside, so the original weights do not carry over).
     """
 
     ratio: int = 2
@@ -75,7 +77,7 @@ class GhostConfig:
     skip_pointwise: bool = False
     skip_output: bool = True
     variant: str = "linear"
-    init: str = "transfer"
+    init: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "include", _as_patterns(self.include))
@@ -94,12 +96,19 @@ class GhostConfig:
         for name in ("skip_stem", "skip_pointwise", "skip_output"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}.")
-        if not isinstance(self.init, str) or self.init not in INIT_MODES:
-            raise ConfigError(f"init must be one of {', '.join(INIT_MODES)}, got {self.init!r}.")
-        from .graph_pass import VARIANTS  # the registry lives with the code that uses it
+        from .graph_pass import TRANSFERS_WEIGHTS, VARIANTS  # the registry lives with the code that uses it
 
         if not isinstance(self.variant, str) or self.variant not in VARIANTS:
             raise ConfigError(f"variant must be one of {', '.join(sorted(VARIANTS))}, got {self.variant!r}.")
+        if self.init is None:
+            object.__setattr__(self, "init", "transfer" if TRANSFERS_WEIGHTS[self.variant] else "random")
+        if not isinstance(self.init, str) or self.init not in INIT_MODES:
+            raise ConfigError(f"init must be one of {', '.join(INIT_MODES)}, got {self.init!r}.")
+        if self.init == "transfer" and not TRANSFERS_WEIGHTS[self.variant]:
+            raise ConfigError(
+                f"variant {self.variant!r} cannot start from the original weights (its modules have BatchNorm and "
+                "ReLU inside); use init='random' (its default, --init random), then train or distill the model."
+            )
 
     @classmethod
     def from_options(cls, config: GhostConfig | None = None, **options: Any) -> GhostConfig:

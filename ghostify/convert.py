@@ -7,8 +7,10 @@ so an error never leaves a model half converted.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch import nn
 
 from .config import GhostConfig
@@ -32,9 +34,16 @@ def plan_conversion(model: nn.Module, config: GhostConfig | None = None, **optio
 def convert_(model: nn.Module, config: GhostConfig | None = None, **options: Any) -> nn.Module:
     """Convert ``model`` in place and return it; see ``convert``."""
     plan = plan_conversion(model, config, **options)
+    recorded = _recorded_plan(model, plan)
     apply_plan(model, plan, transfer=plan.config.init == "transfer")
-    setattr(model, PLAN_ATTRIBUTE, plan)
+    setattr(model, PLAN_ATTRIBUTE, recorded)
     return model
+
+
+def _recorded_plan(model: nn.Module, plan: ConversionPlan) -> ConversionPlan:
+    """The plan to record on the result: ``plan``, combined with the one of an earlier conversion of ``model``."""
+    earlier = get_plan(model)
+    return plan if earlier is None else earlier.followed_by(plan)
 
 
 def convert(model: nn.Module, config: GhostConfig | None = None, **options: Any) -> nn.Module:
@@ -44,10 +53,39 @@ def convert(model: nn.Module, config: GhostConfig | None = None, **options: Any)
     was applied (with each layer's weight-fit error) is on the result as ``.ghostify_plan``.
     """
     plan = plan_conversion(model, config, **options)  # validate before copying anything
-    converted = copy.deepcopy(model)
+    recorded = _recorded_plan(model, plan)
+    converted = copy_model(model)
     apply_plan(converted, plan, transfer=plan.config.init == "transfer")
-    setattr(converted, PLAN_ATTRIBUTE, plan)
+    setattr(converted, PLAN_ATTRIBUTE, recorded)
     return converted
+
+
+def _tensors_in(value: Any, depth: int = 2) -> Iterator[torch.Tensor]:
+    """Tensors held by a module attribute: the value itself, or inside dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif depth > 0 and isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors_in(item, depth - 1)
+    elif depth > 0 and isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors_in(item, depth - 1)
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, also for a model that ran a forward pass with autograd on.
+
+    Some models cache tensors computed in forward (timm's LeViT keeps an attention-bias cache);
+    such tensors carry autograd history, which ``deepcopy`` refuses ("Only Tensors created
+    explicitly by the user support the deepcopy protocol"). The copy gets them detached.
+    """
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            for tensor in _tensors_in(value):
+                if not tensor.is_leaf:
+                    memo[id(tensor)] = tensor.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 def get_plan(model: nn.Module) -> ConversionPlan | None:

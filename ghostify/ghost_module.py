@@ -71,6 +71,9 @@ class GhostConv2d(nn.Module):
         self.cheap = nn.Conv2d(
             m, m * (ratio - 1), dw_size, stride=1, padding=dw_size // 2, groups=m, bias=bias, **factory
         )
+        # The replaced conv's geometry, for code that reads it from the module (timm's DaViT reads kernel_size)
+        self.kernel_size, self.stride, self.padding = self.primary.kernel_size, self.primary.stride, self.primary.padding
+        self.dilation, self.groups, self.padding_mode = self.primary.dilation, 1, self.primary.padding_mode
         # Which of the m*ratio concatenated maps becomes output channel j. Default: intrinsic
         # maps first, then ghosts, cut to out_channels (the official layout).
         self.register_buffer("out_index", torch.arange(out_channels, device=device))

@@ -13,15 +13,18 @@ at several sites, becomes one shared ghost module.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
+import copy
 import operator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.nn.utils import parametrize
 
+from .conv_equivalent import computes_plain_conv, equivalent_conv
 from .ghost_module import GhostConv2d, GhostConv2dBNReLU
 from .selection import ConversionPlan, ConvSite
 from .weight_transfer import transfer_weights
@@ -38,13 +41,19 @@ _MIXING_METHODS = {"matmul", "mm", "bmm", "__matmul__"}
 # variant name -> builder(conv, ratio, dw_size, transfer) -> (module, fit_error or None)
 VariantBuilder = Callable[[nn.Conv2d, int, int, bool], "tuple[nn.Module, float | None]"]
 VARIANTS: dict[str, VariantBuilder] = {}
+TRANSFERS_WEIGHTS: dict[str, bool] = {}  # variant -> whether its modules can start from the original weights
 
 
-def register_variant(name: str) -> Callable[[VariantBuilder], VariantBuilder]:
-    """Register a ghost-module builder under ``name`` (selectable with ``GhostConfig.variant``)."""
+def register_variant(name: str, *, transfers_weights: bool = True) -> Callable[[VariantBuilder], VariantBuilder]:
+    """Register a ghost-module builder under ``name`` (selectable with ``GhostConfig.variant``).
+
+    ``transfers_weights``: the builder can start a module from the original conv's weights
+    (``init="transfer"``); if not, its modules start random and ``init`` defaults to ``"random"``.
+    """
 
     def decorate(builder: VariantBuilder) -> VariantBuilder:
         VARIANTS[name] = builder
+        TRANSFERS_WEIGHTS[name] = transfers_weights
         return builder
 
     return decorate
@@ -56,7 +65,7 @@ def _build_linear(conv: nn.Conv2d, ratio: int, dw_size: int, transfer: bool) -> 
     return ghost, transfer_weights(conv, ghost) if transfer else None
 
 
-@register_variant("paper-bn-relu")
+@register_variant("paper-bn-relu", transfers_weights=False)
 def _build_paper(conv: nn.Conv2d, ratio: int, dw_size: int, transfer: bool) -> tuple[nn.Module, float | None]:
     # BN and ReLU inside make it non-linear: original weights do not carry over meaningfully.
     return GhostConv2dBNReLU.like(conv, ratio, dw_size), None
@@ -87,8 +96,39 @@ class GhostifyTracer(fx.Tracer):
 
 
 def trace(model: nn.Module) -> fx.Graph:
-    """The FX graph of ``model`` (raises whatever FX raises when the model is not traceable)."""
-    return GhostifyTracer().trace(model)
+    """The FX graph of ``model`` (raises whatever FX raises when the model is not traceable).
+
+    Tracing runs ``forward`` on proxies, and a forward that caches what it computes (timm's LeViT
+    stores its attention bias in a dict) would keep a proxy: every module's attributes are put
+    back as they were afterwards, so analysis never changes the model it looks at.
+    """
+    with _attributes_restored(model):
+        return GhostifyTracer().trace(model)
+
+
+@contextmanager
+def _attributes_restored(model: nn.Module) -> Iterator[None]:
+    """Restore every module's plain attributes (and the contents of its dict/list/set attributes) on exit."""
+    saved = []
+    for module in model.modules():
+        attributes = dict(vars(module))
+        contents = {name: copy.copy(value) for name, value in attributes.items()
+                    if isinstance(value, (dict, list, set)) and not name.startswith("_")}
+        saved.append((module, attributes, contents))
+    try:
+        yield
+    finally:
+        for module, attributes, contents in saved:
+            for name in set(vars(module)) - set(attributes):
+                delattr(module, name)
+            vars(module).update(attributes)
+            for name, value in contents.items():  # the same container objects, their old contents
+                container = attributes[name]
+                container.clear()
+                if isinstance(container, list):
+                    container.extend(value)
+                else:
+                    container.update(value)
 
 
 def _alias_map(model: nn.Module) -> dict[int, list[str]]:
@@ -103,14 +143,28 @@ def _inside_ghost(name: str, ghost_prefixes: list[str]) -> bool:
     return any(name.startswith(prefix + ".") for prefix in ghost_prefixes)
 
 
+def _unsupported(conv: nn.Conv2d) -> str | None:
+    """Why a ghost module cannot stand in for ``conv`` without changing or dropping what it does; None if it can."""
+    cls = type(conv).__name__
+    if isinstance(conv, nn.modules.lazy.LazyModuleMixin) and conv.has_uninitialized_params():
+        return f"{cls} is not initialised yet; run one forward pass before converting"
+    if not computes_plain_conv(conv) and equivalent_conv(conv) is None:  # weight standardisation is fine
+        method = "forward" if type(conv).forward is not nn.Conv2d.forward else "_conv_forward"
+        return f"{cls} overrides Conv2d.{method}; a ghost module would change what it computes"
+    if parametrize.is_parametrized(conv):
+        return "its weight is parametrized (weight_norm, spectral_norm, ...); a ghost module would drop that"
+    if conv._forward_hooks or conv._forward_pre_hooks:
+        return "it has forward hooks (or an old-style weight_norm); a ghost module would not run them"
+    return None
+
+
 def _module_site(name: str, conv: nn.Conv2d, call_sites: int, aliases: list[str]) -> ConvSite:
-    overrides = type(conv).forward is not nn.Conv2d.forward
     return ConvSite(
         name=name, kind="module", in_channels=conv.in_channels, out_channels=conv.out_channels,
         kernel_size=tuple(conv.kernel_size), stride=tuple(conv.stride), dilation=tuple(conv.dilation),
         groups=conv.groups, bias=conv.bias is not None, call_sites=call_sites,
         aliases=[a for a in aliases if a != name],
-        custom_forward=type(conv).__name__ if overrides else None,
+        unsupported=_unsupported(conv),
     )
 
 
@@ -131,6 +185,26 @@ def _functional_site(node: fx.Node, params: dict[str, nn.Parameter]) -> ConvSite
 
 def find_conv_sites(model: nn.Module) -> tuple[list[ConvSite], str, str | None]:
     """Every conv of ``model`` in execution order, with the analysis path used and any note."""
+    sites, trace_kind, note = _conv_sites(model)
+    _mark_shared_weights(model, sites)
+    return sites, trace_kind, note
+
+
+def _mark_shared_weights(model: nn.Module, sites: list[ConvSite]) -> None:
+    """Note on each conv module whose weight Parameter another conv module also holds (tied weights)."""
+    def stored_weight(conv: nn.Module) -> nn.Module:  # a parametrized weight is computed anew at each read
+        return conv.parametrizations.weight if parametrize.is_parametrized(conv, "weight") else conv.weight
+
+    weights = {site.name: id(stored_weight(model.get_submodule(site.name))) for site in sites if site.kind == "module"}
+    holders: dict[int, list[str]] = {}
+    for name, weight in weights.items():
+        holders.setdefault(weight, []).append(name)
+    for site in sites:
+        if site.name in weights:
+            site.shares_weight_with = ", ".join(n for n in holders[weights[site.name]] if n != site.name) or None
+
+
+def _conv_sites(model: nn.Module) -> tuple[list[ConvSite], str, str | None]:
     aliases = _alias_map(model)
     modules = dict(model.named_modules())
     ghost_prefixes = [n for n, m in modules.items() if isinstance(m, GHOST_MODULE_TYPES)]
@@ -150,10 +224,13 @@ def find_conv_sites(model: nn.Module) -> tuple[list[ConvSite], str, str | None]:
     calls: dict[str, int] = {}
     order: list[tuple[str, Any]] = []
     for node in graph.nodes:
-        if node.op == "call_module" and node.target in convs:
-            if node.target not in calls:
-                order.append(("module", node.target))
-            calls[node.target] = calls.get(node.target, 0) + 1
+        if node.op == "call_module":
+            # a conv, or a leaf FX did not trace into (timm's not-traceable modules): its convs run when it does
+            inside = [node.target] if node.target in convs else [n for n in convs if n.startswith(f"{node.target}.")]
+            for name in inside:
+                if name not in calls:
+                    order.append(("module", name))
+                calls[name] = calls.get(name, 0) + 1
         elif node.op == "call_function" and node.target in _FUNCTIONAL_CONVS:
             order.append(("functional", node))
     sites = []
@@ -165,8 +242,12 @@ def find_conv_sites(model: nn.Module) -> tuple[list[ConvSite], str, str | None]:
     if sites:
         sites[0].is_stem = True
     outputs = _output_convs(graph, modules, convs)
+    reads = [node.target for node in graph.nodes if node.op == "get_attr"]  # self.conv.weight used outside the conv
     for site in sites:
         site.is_output = site.name in outputs
+        read = next((t for t in reads for n in (site.name, *site.aliases) if site.kind == "module" and t.startswith(n + ".")), None)
+        if read is not None and site.unsupported is None:
+            site.unsupported = f"forward also reads {read} directly; a ghost module has no such tensor"
     called = {id(convs[name]) for name in calls}
     for name, conv in convs.items():  # registered but never run: reported, never converted
         if id(conv) not in called:
@@ -177,7 +258,7 @@ def find_conv_sites(model: nn.Module) -> tuple[list[ConvSite], str, str | None]:
 
 def _mixes_channels(module: nn.Module) -> bool:
     """Whether a leaf module combines channels (a weight matrix or kernel), unlike BN, activations, pooling."""
-    return any(p.dim() >= 2 for p in module.parameters())
+    return any(isinstance(p, nn.parameter.UninitializedParameter) or p.dim() >= 2 for p in module.parameters())
 
 
 def _output_convs(graph: fx.Graph, modules: dict[str, nn.Module], convs: dict[str, nn.Conv2d]) -> set[str]:
@@ -217,7 +298,10 @@ def apply_plan(model: nn.Module, plan: ConversionPlan, *, transfer: bool) -> Non
         conv = model.get_submodule(layer.name)
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"{layer.name} is a {type(conv).__name__}, not the Conv2d the plan expects")
-        ghost, fit_error = build(conv, layer.ratio, dw_size, transfer)
+        plain = equivalent_conv(conv)  # a weight-standardised conv: the conv it computes
+        if plain is None:
+            raise TypeError(f"{layer.name} ({type(conv).__name__}) computes no plain convolution; the plan should keep it")
+        ghost, fit_error = build(plain, layer.ratio, dw_size, transfer)
         if transfer:
             layer.fit_error = fit_error
         for name in (layer.name, *layer.aliases):

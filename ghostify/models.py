@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
@@ -276,7 +277,9 @@ def _create_torchvision_model(name: str, *, pretrained: bool, num_classes: int |
 
     if name not in torchvision.models.list_models():
         raise _unknown_name_error("torchvision", name)
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    if not pretrained and "weights_backbone" in inspect.signature(torchvision.models.get_model_builder(name)).parameters:
+        kwargs["weights_backbone"] = None  # detection/segmentation builders would download ImageNet backbone weights
     try:
         return torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
     except OSError as err:  # urllib.error.URLError is an OSError

@@ -44,7 +44,8 @@ class ConvSite:
     is_stem: bool = False
     is_output: bool = False  # its output reaches the model's output through channel-wise ops only
     aliases: list[str] = field(default_factory=list)
-    custom_forward: str | None = None  # class name of a Conv2d subclass that overrides forward
+    unsupported: str | None = None  # why a ghost module cannot stand in for this module (see graph_pass)
+    shares_weight_with: str | None = None  # another conv module holding the same weight Parameter
 
 
 @dataclass
@@ -115,6 +116,26 @@ class ConversionPlan:
             if layer.name == name:
                 return layer
         raise KeyError(name)
+
+    def followed_by(self, later: ConversionPlan) -> ConversionPlan:
+        """One plan for two conversions in a row (``later`` made on the model this plan converted).
+
+        The layers this plan converted stay converted; the others take ``later``'s decision, so the
+        saved recipe rebuilds both from the base model. ``ConfigError`` when the two used different
+        ``dw_size`` or ``variant``, which one plan cannot record.
+        """
+        for name in ("dw_size", "variant"):
+            first, second = getattr(self.config, name), getattr(later.config, name)
+            if first != second:
+                raise ConfigError(
+                    f"this model was already converted with {name}={first!r}; converting it again with {name}={second!r} "
+                    "cannot be recorded in one plan. Convert the original model once, with layer_ratios for per-layer ratios."
+                )
+        decided = {layer.name: layer for layer in later.layers}
+        layers = [layer if layer.convert else decided.pop(layer.name, layer) for layer in self.layers]
+        seen = {layer.name for layer in layers}
+        layers += [layer for name, layer in decided.items() if name not in seen]
+        return ConversionPlan(layers=layers, config=later.config, trace=later.trace, trace_note=later.trace_note)
 
     def base_model_mismatch(self, model: nn.Module) -> str | None:
         """Why ``model`` is not the unconverted model this plan was made for (None if it is).
@@ -226,10 +247,12 @@ def _ineligible_reason(site: ConvSite, ratio: int, config: GhostConfig) -> str |
     """Why ``site`` cannot become a ghost module at ``ratio``, whatever the user selects."""
     if site.kind == "functional":
         return "functional conv2d call: no Conv2d module to replace"
-    if site.custom_forward:
-        return f"{site.custom_forward} overrides Conv2d.forward; a ghost module would change what it computes"
+    if site.unsupported:
+        return site.unsupported
     if site.call_sites == 0:
         return "never called in forward()"
+    if site.shares_weight_with:
+        return f"shares its weight with {site.shares_weight_with}; two ghost modules would untie it"
     if site.groups != 1:
         return f"grouped/depthwise conv (groups={site.groups}) is already cheap"
     if site.out_channels is not None and site.out_channels < max(ratio, 2):

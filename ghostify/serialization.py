@@ -7,7 +7,6 @@ weights into it, and ``ghostify compare`` / ``distill`` can rebuild the original
 
 from __future__ import annotations
 
-import copy
 import filecmp
 import json
 import os
@@ -18,7 +17,7 @@ from typing import Any
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .convert import PLAN_ATTRIBUTE, get_plan
+from .convert import PLAN_ATTRIBUTE, copy_model, get_plan
 from .errors import CheckpointError, GhostifyError, ModelSpecError
 from .graph_pass import apply_plan
 from .models import DEFAULT_SEED, ResolvedModel, canonical_spec, model_file, resolve_model
@@ -295,7 +294,7 @@ def load(directory: str | Path, base_model: nn.Module | str | None = None, *, tr
         seed = origin.seed if origin.seed is not None else DEFAULT_SEED
         model = resolve_model(base_model, trust_checkpoint=trust_checkpoint, seed=seed).model
     else:
-        model = copy.deepcopy(base_model)
+        model = copy_model(base_model)
     mismatch = plan.base_model_mismatch(model)
     if mismatch:
         raise CheckpointError(

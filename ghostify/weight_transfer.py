@@ -147,8 +147,7 @@ def assign_channels(
             dead = flat.norm(dim=1)[dst] == 0  # (a dead filter is any filter's exact ghost, as in the fit)
             explained = torch.where(dead, torch.ones_like(similarity[src, dst]), similarity[src, dst] ** 2)
         else:
-            filters = _dilate(weight.detach().float().cpu(), dilation)
-            _, residual, pair_energy = _fit_pairs(filters, src, dst, stride, dw_size)
+            _, residual, pair_energy = _fit_pairs(weight.detach().float().cpu(), src, dst, stride, dw_size, dilation)
             explained = torch.where(pair_energy > 0, 1 - residual / pair_energy.clamp_min(1e-30), torch.ones_like(pair_energy))
         # a little cosine keeps the order sensible among filters no kernel can reproduce
         gain[src, dst] = (explained.clamp(0, 1) + 1e-3 * similarity[src, dst]) * energy[dst]
@@ -158,28 +157,37 @@ def assign_channels(
     return group_channels(gain, ratio, source_value=energy)
 
 
-def _dilate(filters: torch.Tensor, dilation: tuple[int, int]) -> torch.Tensor:
-    """(N, C, kh, kw) filters spread out to the footprint they cover at ``dilation``."""
-    n, c, kh, kw = filters.shape
-    (dh, dw) = dilation
-    out = filters.new_zeros(n, c, dh * (kh - 1) + 1, dw * (kw - 1) + 1)
-    out[:, :, ::dh, ::dw] = filters
+def _correlations(a: torch.Tensor, b: torch.Tensor, stride: tuple[int, int], dw_size: int,
+                  dilation: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """``C[p, y, x] = sum a[p] * b[p]`` shifted by ``stride * (y - d + 1, x - d + 1)``, for pairs of filters.
+
+    ``a``, ``b``: (P, C, H, W), applied at ``dilation``. Returns (P, 2d - 1, 2d - 1): every shift a
+    cheap-kernel tap can make. Dilated filters are never built (a 3x3 filter at dilation 36 covers
+    73x73 pixels): two copies of a filter at dilation D overlap only when the shift is a multiple of
+    D, and then they correlate as the undilated filters do at shift / D.
+    """
+    pairs, channels, h, w = a.shape
+    d = dw_size
+    if dilation == (1, 1):
+        ph, pw = stride[0] * (d - 1), stride[1] * (d - 1)
+        padded = F.pad(b, (pw, pw, ph, ph)).reshape(1, pairs * channels, h + 2 * ph, w + 2 * pw)
+        return F.conv2d(padded, a, stride=stride, groups=pairs)[0]
+    # per axis: the undilated shift of each tap offset, or None where dilated copies do not overlap
+    shifts = [[(s * t) // D if (s * t) % D == 0 else None for t in range(-(d - 1), d)] for s, D in zip(stride, dilation)]
+    reach = [max(abs(u) for u in axis if u is not None) for axis in shifts]
+    padded = F.pad(b, (reach[1], reach[1], reach[0], reach[0])).reshape(1, pairs * channels, h + 2 * reach[0], w + 2 * reach[1])
+    undilated = F.conv2d(padded, a, groups=pairs)[0]  # (P, 2 reach_y + 1, 2 reach_x + 1)
+    out = a.new_zeros(pairs, 2 * d - 1, 2 * d - 1)
+    for y, uy in enumerate(shifts[0]):
+        for x, ux in enumerate(shifts[1]):
+            if uy is not None and ux is not None:
+                out[:, y, x] = undilated[:, uy + reach[0], ux + reach[1]]
     return out
 
 
-def _correlations(a: torch.Tensor, b: torch.Tensor, stride: tuple[int, int], dw_size: int) -> torch.Tensor:
-    """``C[p, y, x] = sum a[p] * b[p]`` shifted by ``stride * (y - d + 1, x - d + 1)``, for pairs of filters.
-
-    ``a``, ``b``: (P, C, H, W). Returns (P, 2d - 1, 2d - 1): every shift a cheap-kernel tap can make.
-    """
-    pairs, channels, h, w = a.shape
-    ph, pw = stride[0] * (dw_size - 1), stride[1] * (dw_size - 1)
-    padded = F.pad(b, (pw, pw, ph, ph)).reshape(1, pairs * channels, h + 2 * ph, w + 2 * pw)
-    return F.conv2d(padded, a, stride=stride, groups=pairs)[0]
-
-
 def _fit_pairs(
-    filters: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, stride: tuple[int, int], dw_size: int
+    filters: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, stride: tuple[int, int], dw_size: int,
+    dilation: tuple[int, int] = (1, 1),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Least-squares cheap kernels making ``h * filters[src]`` closest to ``filters[dst]``, pair by pair.
 
@@ -188,7 +196,7 @@ def _fit_pairs(
     it to ``W_dst`` is linear least squares in ``h``; its normal equations only need the
     correlations of the filters at those shifts, so no design matrix is built.
 
-    ``filters``: (N, C, H, W), already dilated. Returns the kernels (P, d*d), each pair's squared
+    ``filters``: (N, C, H, W), applied at ``dilation``. Returns the kernels (P, d*d), each pair's squared
     residual and the energy ``||W_dst||^2`` (float64).
     """
     d = dw_size
@@ -199,12 +207,12 @@ def _fit_pairs(
     moment_y, moment_x = tap_u - d // 2 + d - 1, tap_v - d // 2 + d - 1
     unique_src, src_slot = torch.unique(src, return_inverse=True)
     self_corr = torch.cat([
-        _correlations(filters[chunk], filters[chunk], stride, d) for chunk in unique_src.split(_PAIR_CHUNK)
+        _correlations(filters[chunk], filters[chunk], stride, d, dilation) for chunk in unique_src.split(_PAIR_CHUNK)
     ])
     gram = self_corr[:, gram_y, gram_x].double()[src_slot]  # (P, d*d, d*d)
     # float32 correlations (the fast conv path), float64 normal equations
     cross = torch.cat([
-        _correlations(filters[s_idx], filters[d_idx], stride, d)
+        _correlations(filters[s_idx], filters[d_idx], stride, d, dilation)
         for s_idx, d_idx in zip(src.split(_PAIR_CHUNK), dst.split(_PAIR_CHUNK))
     ])
     moments = cross[:, moment_y, moment_x].double()  # (P, d*d)
@@ -230,7 +238,7 @@ def fit_cheap_kernels(
     error ``||fitted - original|| / ||original||`` over all ghost filters (0 = exact; it comes from float32
     correlations, so anything below ~1e-3 means exact).
     """
-    filters = _dilate(weight.detach().float().cpu(), dilation)
+    filters = weight.detach().float().cpu()
     d, slots, m = dw_size, ratio - 1, len(assignment.sources)
     kernels = torch.zeros(m, slots, d * d, dtype=torch.float64)
     pair_src = torch.tensor([i for i, g in enumerate(assignment.ghosts) for _ in g], dtype=torch.long)
@@ -239,7 +247,7 @@ def fit_cheap_kernels(
     if len(pair_ghost) == 0:
         return kernels.reshape(m * slots, 1, d, d).float(), 0.0
     sources = torch.tensor(assignment.sources)
-    solution, residual, energy = _fit_pairs(filters, sources[pair_src], pair_ghost, stride, d)
+    solution, residual, energy = _fit_pairs(filters, sources[pair_src], pair_ghost, stride, d, dilation)
     kernels[pair_src, pair_slot] = solution
     total = energy.sum()
     rel_error = float((residual.sum() / total) ** 0.5) if total > 0 else 0.0

@@ -564,3 +564,210 @@ def test_config_options_override_config(resnet18):
     assert plan.config.ratio == 3 and plan.config.exclude == ("conv1",)
     assert all(l.ratio == 3 for l in plan.converted)
     assert base.ratio == 4  # frozen, not mutated
+
+
+class CachingModel(nn.Module):
+    """Caches a tensor computed in forward, keyed by the input's device, as timm's LeViT caches its attention bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+        self.scale = nn.Parameter(torch.ones(8))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = str(x.device)
+        if key not in self.cache:
+            self.cache[key] = self.scale * 2  # computed with autograd on: not a graph leaf
+        x = self.body(self.stem(x)) * self.cache[key].view(1, -1, 1, 1)
+        return self.head(x.mean((2, 3)))
+
+
+def test_planning_leaves_the_model_as_it_was():
+    model = CachingModel().eval()
+    state = {name: value for name, value in vars(model).items() if not name.startswith("_")}
+    plan = ghostify.plan_conversion(model)
+    assert plan.trace == "fx" and [layer.name for layer in plan.converted] == ["body"]
+    assert model.cache == {}  # the trace put a proxy in it; it was taken out again
+    assert {name: value for name, value in vars(model).items() if not name.startswith("_")} == state
+    converted = ghostify.convert(model)
+    x = torch.randn(2, 3, 8, 8)
+    assert converted(x).shape == (2, 4) and set(model.cache) == set()
+
+
+def test_a_model_that_ran_forward_with_autograd_converts():
+    model = CachingModel()
+    model(torch.randn(2, 3, 8, 8))  # fills the cache with a tensor that has autograd history
+    assert not model.cache["cpu"].is_leaf
+    converted = ghostify.convert(model)
+    assert isinstance(converted.body, GhostConv2d) and type(model.body) is nn.Conv2d
+    assert converted.cache["cpu"].is_leaf and torch.equal(converted.cache["cpu"], model.cache["cpu"].detach())
+    assert converted(torch.randn(2, 3, 8, 8)).shape == (2, 4)
+
+
+def test_levit_converts_after_planning_and_after_a_forward_pass():
+    x = torch.randn(2, 3, 224, 224)
+    model = timm.create_model("levit_128s").eval()
+    ghostify.plan_conversion(model)
+    with torch.no_grad():
+        assert ghostify.convert(model)(x).shape == (2, 1000)
+    model(x)  # eval mode, autograd on: the attention-bias cache holds non-leaf tensors
+    with torch.no_grad():
+        assert ghostify.convert(model)(x).shape == (2, 1000)
+
+
+def test_converting_twice_records_both_conversions(tmp_path):
+    model = torchvision.models.resnet18().eval()
+    first = ghostify.convert(model, include=["layer1.*"])
+    second = ghostify.convert(first, include=["layer2.*"], ratio=3)
+    plan = ghostify.get_plan(second)
+    converted = {layer.name: layer.ratio for layer in plan.converted}
+    assert converted == {**{n: 2 for n in ("layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2")},
+                         **{n: 3 for n in ("layer2.0.conv1", "layer2.0.conv2", "layer2.0.downsample.0", "layer2.1.conv1", "layer2.1.conv2")}}
+    assert len(plan.layers) == 20 and ghostify.get_plan(first).converted == plan.converted[:4]
+    ghostify.save(second, tmp_path / "m", base_model="torchvision:resnet18")
+    loaded = ghostify.load(tmp_path / "m").eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), second(x), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="already converted with dw_size=3"):
+        ghostify.convert(first, include=["layer2.*"], dw_size=5)
+
+
+class TiedConvs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.a = nn.Conv2d(16, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.b.weight = self.a.weight  # tied: two modules, one weight
+        self.c = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.c(self.b(self.a(self.stem(x)))).mean((2, 3)))
+
+
+def test_convs_sharing_a_weight_are_kept_tied():
+    model = TiedConvs().eval()
+    plan = ghostify.plan_conversion(model)
+    assert plan.layer("a").reason == "shares its weight with b; two ghost modules would untie it"
+    assert plan.layer("b").reason == "shares its weight with a; two ghost modules would untie it"
+    assert [layer.name for layer in plan.converted] == ["c"]
+    converted = ghostify.convert(model)
+    assert converted.a.weight is converted.b.weight and isinstance(converted.c, GhostConv2d)
+
+
+def test_paper_variant_starts_random_and_refuses_a_transfer():
+    assert GhostConfig(variant="paper-bn-relu").init == "random" and GhostConfig().init == "transfer"
+    with pytest.raises(ConfigError, match="cannot start from the original weights.*init='random'"):
+        GhostConfig(variant="paper-bn-relu", init="transfer")
+    plan = ghostify.get_plan(ghostify.convert(Small().eval(), variant="paper-bn-relu", skip_output=False))
+    assert plan.config.init == "random" and all(layer.fit_error is None for layer in plan.converted)
+
+
+class StandardisedConv(nn.Conv2d):
+    """Weight standardisation by overriding ``_conv_forward``, not ``forward`` (as some repos do)."""
+
+    def _conv_forward(self, x, weight, bias):
+        weight = (weight - weight.mean((1, 2, 3), keepdim=True)) / (weight.std((1, 2, 3), keepdim=True) + 1e-5)
+        return super()._conv_forward(x, weight, bias)
+
+
+class ShiftedConv(nn.Conv2d):
+    """Adds a constant after the convolution: no plain conv computes that."""
+
+    def _conv_forward(self, x, weight, bias):
+        return super()._conv_forward(x, weight, bias) + 1.0
+
+
+class ReadsConvs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.shared = nn.Conv2d(16, 16, 3, padding=1)  # its weight is also used functionally
+        self.sized = nn.Conv2d(16, 16, 3, padding=1)  # forward reads its kernel_size
+        self.standardised = StandardisedConv(16, 16, 3, padding=1)
+        self.shifted = ShiftedConv(16, 16, 3, padding=1)
+        self.normed = nn.utils.parametrizations.weight_norm(nn.Conv2d(16, 16, 3, padding=1))
+        self.hooked = nn.Conv2d(16, 16, 3, padding=1)
+        self.hooked.register_forward_hook(lambda module, args, output: output * 2)
+        self.plain = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.shared(x) + F.conv2d(x, self.shared.weight, padding=1)
+        x = self.sized(x)[..., self.sized.kernel_size[0] // 2:]
+        x = self.plain(self.hooked(self.normed(self.shifted(self.standardised(x)))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_convs_whose_computation_or_tensors_are_used_elsewhere_are_kept_with_a_reason():
+    torch.manual_seed(0)
+    model = ReadsConvs().eval()
+    plan = ghostify.plan_conversion(model)
+    reasons = {layer.name: layer.reason for layer in plan.layers}
+    assert reasons["shared"] == "forward also reads shared.weight directly; a ghost module has no such tensor"
+    assert reasons["shifted"] == "ShiftedConv overrides Conv2d._conv_forward; a ghost module would change what it computes"
+    assert reasons["standardised"] is None  # a plain conv of its standardised weight: converted from that
+    assert reasons["normed"].startswith("its weight is parametrized")
+    assert reasons["hooked"].startswith("it has forward hooks")
+    assert [layer.name for layer in plan.converted] == ["sized", "standardised", "plain"]
+    converted = ghostify.convert(model)  # "sized" reads its kernel_size: the ghost module answers it
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert converted(x).shape == model(x).shape == (2, 4)
+    assert converted.sized.kernel_size == (3, 3) and converted.sized.stride == (1, 1) and converted.sized.groups == 1
+
+
+def test_an_uninitialised_lazy_conv_is_kept_with_a_reason():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.LazyConv2d(16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.Flatten(), nn.LazyLinear(4))
+    plan = ghostify.plan_conversion(model)
+    assert plan.layer("1").reason == "LazyConv2d is not initialised yet; run one forward pass before converting"
+    model(torch.randn(1, 3, 12, 12))  # initialised: an ordinary Conv2d now
+    assert ghostify.plan_conversion(model).layer("1").convert
+
+
+def test_convs_inside_modules_fx_keeps_as_leaves_are_converted():
+    model = timm.create_model("mobilevit_xxs").eval()  # its MobileVitBlocks are timm's not-traceable leaves
+    plan = ghostify.plan_conversion(model)
+    assert not [layer.name for layer in plan.layers if layer.reason == "never called in forward()"]
+    inside = [f"stages.{stage}.1.{conv}" for stage in (2, 3, 4) for conv in ("conv_kxk.conv", "conv_1x1", "conv_proj.conv", "conv_fusion.conv")]
+    assert all(plan.layer(name).convert for name in inside)  # every conv of the three MobileViT blocks
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert ghostify.convert(model)(x).shape == model(x).shape
+
+
+@pytest.mark.parametrize("make", [
+    lambda: timm.layers.StdConv2d(8, 16, 3),
+    lambda: timm.layers.ScaledStdConv2d(8, 16, 3, stride=2),
+    lambda: StandardisedConv(8, 16, 3, padding=1, dilation=2),
+])
+def test_weight_standardised_convs_are_the_plain_conv_of_their_standardised_weight(make):
+    from ghostify.conv_equivalent import equivalent_conv
+
+    torch.manual_seed(0)
+    conv = make().eval()
+    with torch.no_grad():
+        conv.weight.mul_(3).add_(0.5)  # far from standardised already
+        plain = equivalent_conv(conv)
+        x = torch.randn(2, 8, 11, 11)
+        assert type(plain) is nn.Conv2d and not torch.allclose(plain.weight, conv.weight)
+        torch.testing.assert_close(plain(x), conv(x), rtol=1e-5, atol=1e-5)
+    # converted from that weight: the primary conv copies source filters of the standardised weight
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), conv, nn.Flatten(), nn.LazyLinear(2))
+    converted = ghostify.convert(model)
+    assert isinstance(converted[1], GhostConv2d)
+    for source in converted[1].primary.weight:
+        assert any(torch.equal(source, row) for row in plain.weight)
+        assert not any(torch.equal(source, row) for row in conv.weight)
+
+
+def test_weight_standardised_conv_with_dynamic_same_padding_is_kept():
+    conv = timm.layers.StdConv2dSame(8, 16, 3, stride=2)  # pads the input itself, by its size
+    plan = ghostify.plan_conversion(nn.Sequential(nn.Conv2d(3, 8, 1), conv, nn.Flatten(), nn.LazyLinear(2)))
+    assert plan.layer("1").reason == "StdConv2dSame overrides Conv2d.forward; a ghost module would change what it computes"

@@ -280,3 +280,14 @@ def test_pretrained_without_network_uses_only_the_cache(monkeypatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     with models._hub_offline_unless_reachable(pretrained=True):
         assert constants.HF_HUB_OFFLINE == before  # behind a proxy, DNS says nothing
+
+
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn"])
+def test_torchvision_detection_and_segmentation_build_offline_without_pretrained(name, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network in this test")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    resolved = resolve_model(f"torchvision:{name}")
+    assert resolved.checkpoint is None and not resolved.pretrained
+    assert sum(p.numel() for p in resolved.model.parameters()) > 0

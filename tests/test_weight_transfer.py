@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import ghostify
 from ghostify.ghost_module import GhostConv2d
 from ghostify.weight_transfer import (
     ChannelAssignment,
@@ -387,3 +388,26 @@ def test_fit_error_matches_direct_computation():
             residual += float((composed - target).square().sum())
             energy += float(weight[g].square().sum())
     assert error == pytest.approx((residual / energy) ** 0.5, rel=1e-4)
+
+
+@pytest.mark.parametrize("stride, dilation", [((1, 1), (2, 2)), ((1, 1), (3, 2)), ((2, 1), (2, 3)), ((2, 2), (4, 4)), ((1, 1), (36, 36))])
+def test_dilated_correlations_match_the_spread_out_filters(stride, dilation):
+    from ghostify.weight_transfer import _correlations
+
+    torch.manual_seed(0)
+    a, b = torch.randn(5, 4, 3, 3), torch.randn(5, 4, 3, 3)
+
+    def spread(filters):  # the dilated footprint, built explicitly (what the fit used to do)
+        out = filters.new_zeros(*filters.shape[:2], dilation[0] * 2 + 1, dilation[1] * 2 + 1)
+        out[:, :, ::dilation[0], ::dilation[1]] = filters
+        return out
+
+    expected = _correlations(spread(a), spread(b), stride, 3)
+    torch.testing.assert_close(_correlations(a, b, stride, 3, dilation), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_wide_conv_at_a_large_dilation_converts_without_building_dilated_filters():
+    conv = nn.Conv2d(512, 256, 3, padding=36, dilation=36)  # DeepLab's ASPP: the old fit needed 8.9 GB here
+    ghost = ghostify.convert(nn.Sequential(nn.Conv2d(3, 512, 1), conv, nn.Flatten(), nn.LazyLinear(2)), skip_stem=True)
+    plan = ghostify.get_plan(ghost)
+    assert plan.layer("1").convert and plan.layer("1").fit_error is not None
