@@ -187,7 +187,32 @@ def find_conv_sites(model: nn.Module) -> tuple[list[ConvSite], str, str | None]:
     """Every conv of ``model`` in execution order, with the analysis path used and any note."""
     sites, trace_kind, note = _conv_sites(model)
     _mark_shared_weights(model, sites)
+    _mark_reparameterisable(model, sites)
     return sites, trace_kind, note
+
+
+_REPARAMETERISE_METHODS = ("fuse", "reparameterize", "switch_to_deploy")  # what timm's reparameterize_model calls
+
+
+def _mark_reparameterisable(model: nn.Module, sites: list[ConvSite]) -> None:
+    """Keep the convs of re-parameterisable blocks (RepVGG, MobileOne, FastViT) not fused yet: fusing reads their
+    weights. The ``reparam_conv`` of a fused timm block converts (its ``reparameterize()`` then does nothing)."""
+    for site in sites:
+        if site.kind != "module" or site.unsupported:
+            continue
+        parts = site.name.split(".")
+        for depth in range(len(parts) - 1, -1, -1):
+            block_name = ".".join(parts[:depth])
+            block = model.get_submodule(block_name)
+            method = next((m for m in _REPARAMETERISE_METHODS if callable(getattr(block, m, None))), None)
+            fused = getattr(block, "reparam_conv", None)
+            if isinstance(fused, nn.Module) and any(m is model.get_submodule(site.name) for m in fused.modules()):
+                break
+            if method is not None:
+                where = f"{block_name} ({type(block).__name__})" if block_name else type(block).__name__
+                site.unsupported = (f"inside {where}, whose {method}() fuses its convs' weights; re-parameterise the "
+                                    "model first (timm.utils.reparameterize_model), then convert")
+                break
 
 
 def _mark_shared_weights(model: nn.Module, sites: list[ConvSite]) -> None:
