@@ -1,5 +1,6 @@
 """ghostify: turn the convs of any PyTorch CNN into GhostNet ghost modules, and measure what it saves."""
 
+from .bench import BenchReport, bench
 from .calibrate import CalibrationResult, calibrate
 from .config import GhostConfig
 from .convert import convert, convert_, get_plan, plan_conversion
@@ -17,6 +18,8 @@ from .sweep import SweepReport, sweep
 from .version import __version__
 
 __all__ = [
+    "BenchReport",
+    "bench",
     "CalibrationResult",
     "DistillConfig",
     "DistillResult",

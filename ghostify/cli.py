@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
+from .bench import bench, parse_batch_sizes
 from .config import GhostConfig
 from .convert import convert as convert_model
 from .convert import plan_conversion
@@ -703,6 +704,45 @@ def sweep(
                                base_seed=resolved.seed, inputs={"input_size": explicit_size})
 
         _write_output(output, force, write_report_and_models)
+
+
+@_command
+def bench_command(
+    model: Annotated[str, typer.Argument(metavar="MODEL_OR_DIR", help="A directory written by `ghostify convert -o` (timed against the model it records), or a model spec (converted at --ratio first).", show_default=False)],
+    ratio: RatioOpt = 2,
+    checkpoint: CheckpointOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    input_size: InputSizeOpt = None,
+    batch_sizes: Annotated[str, _value("--batch-sizes", metavar="B,B,...", help="Batch sizes to time, comma-separated; e.g. --batch-sizes 1,8,64 (default 1,16).")] = "1,16",
+    compiled: Annotated[bool, _flag("--compile", help="Also time both models under torch.compile (default: eager only).")] = False,
+    repeats: Annotated[int, _value("--repeats", metavar="N", min=3, help="Timed runs per model and setting, interleaved; e.g. --repeats 50 (default 30).")] = 30,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Time the converted model against the original: medians of interleaved runs per batch size, eager and compiled."""
+    sizes = _parse_input_size(input_size)
+    batches = parse_batch_sizes(batch_sizes)
+    path = Path(model)
+    if path.is_dir():
+        origin = recorded_origin(path)
+        if origin.spec is None or origin.model_file_missing:
+            raise ConfigError(f"{model} does not record a base model ghostify can build; time it in Python with "
+                              "ghostify.bench(original, ghostify.load(dir, base_model=original), input_size).")
+        resolved = _resolve(origin.spec, origin.checkpoint, trust_checkpoint, origin.pretrained, label="original",
+                            seed=origin.seed if origin.seed is not None else DEFAULT_SEED)
+        with step(stdout, f"loading {model}"):
+            converted = load(path, base_model=resolved.model, trust_checkpoint=trust_checkpoint)
+        converted_name = model
+        sizes = sizes or recorded_inputs(path)["input_size"]
+    else:
+        resolved = _resolve(model, checkpoint, trust_checkpoint, False)
+        with step(stdout, "converting"):
+            converted = convert_model(resolved.model, GhostConfig(ratio=ratio))
+        converted_name = f"{display_spec(resolved.spec)} (ghost s={ratio})"
+    sizes = sizes or default_input_size(resolved.model)
+    with step(stdout, "timing"):
+        report = bench(resolved.model, converted, sizes, batch_sizes=batches, device=device, compiled=compiled,
+                       repeats=repeats, original_name=display_spec(resolved.spec), converted_name=converted_name)
+    stdout.print(report.table())
 
 
 def main() -> None:

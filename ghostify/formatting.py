@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 import os
 import textwrap
+from collections.abc import Iterable
 from pathlib import Path
+
+from .errors import ConfigError
 
 _DECIMAL_PREFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"))
 _BINARY_UNITS = ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"))
@@ -100,3 +103,18 @@ def display_spec(spec: str) -> str:
     if colon and path.endswith(".py"):
         return f"{display_path(path)}:{function}"
     return spec
+
+
+def parse_whole_numbers(text: str | Iterable[int], name: str, minimum: int, example: str) -> list[int]:
+    """``"2,3,4"`` or ``[2, 3, 4]`` as a sorted list of distinct whole numbers >= ``minimum``.
+
+    ``ConfigError`` naming ``name`` and ``example`` otherwise (these lists come from the command line).
+    """
+    items = [part.strip() for part in text.split(",")] if isinstance(text, str) else list(text)
+    try:
+        numbers = sorted({int(item) for item in items if str(item) != ""})
+    except ValueError:
+        raise ConfigError(f"{name} must be whole numbers separated by commas, such as {example}; got {text!r}.") from None
+    if not numbers or any(n < minimum for n in numbers):
+        raise ConfigError(f"{name} must be whole numbers >= {minimum}, such as {example}; got {text!r}.")
+    return numbers

@@ -271,6 +271,32 @@ def measure_latencies(
     ``torch.cuda.synchronize`` on CUDA. A model not already on ``device`` is timed on a moved
     copy, so the caller's model stays where it is; training flags are restored.
     """
+    times, target, batch_size = time_interleaved(models, example_input, warmup=warmup, repeats=repeats, device=device)
+    return [latency_stats(samples, str(target), batch_size) for samples in times]
+
+
+def latency_stats(samples_ms: Sequence[float], device: str, batch_size: int) -> LatencyStats:
+    """Median and p10/p90 of timed runs (milliseconds)."""
+    ordered = sorted(samples_ms)
+    return LatencyStats(median_ms=statistics.median(ordered), p10_ms=_percentile(ordered, 10),
+                        p90_ms=_percentile(ordered, 90), repeats=len(ordered), device=device, batch_size=batch_size)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100, linear interpolation) of ``values``."""
+    return _percentile(sorted(values), q)
+
+
+def time_interleaved(
+    models: Sequence[nn.Module],
+    example_input: ModelInput,
+    *,
+    warmup: int = 3,
+    repeats: int = 20,
+    device: str | torch.device = "cpu",
+) -> tuple[list[list[float]], torch.device, int]:
+    """The milliseconds of every timed run of each model (run ``r`` of every model side by side), the device
+    and the batch size; see ``measure_latencies``."""
     for label, value, least in (("warmup", warmup, 0), ("repeats", repeats, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise GhostifyError(f"{label} must be a whole number >= {least}, got {value!r}")
@@ -303,16 +329,7 @@ def measure_latencies(
         for runner, was_training in restore:
             runner.train(was_training)
 
-    results = []
-    for samples in times:
-        ordered = sorted(samples)
-        results.append(
-            LatencyStats(
-                median_ms=statistics.median(ordered), p10_ms=_percentile(ordered, 10),
-                p90_ms=_percentile(ordered, 90), repeats=repeats, device=str(target), batch_size=batch_size,
-            )
-        )
-    return results
+    return times, target, batch_size
 
 
 def measure_latency(

@@ -16,8 +16,7 @@ from torch.utils.data import Dataset
 
 from .config import GhostConfig
 from .convert import convert
-from .errors import ConfigError
-from .formatting import MISSING, human_count, ratio_text
+from .formatting import MISSING, human_count, parse_whole_numbers, ratio_text
 from .report import ComparisonReport, check_schema, compare
 from .report_html import render_html
 from .report_render import NOT_AVAILABLE, render_text, top1_note
@@ -149,14 +148,7 @@ class SweepReport:
 
 def parse_ratios(text: str | Iterable[int]) -> list[int]:
     """``"2,3,4"`` or ``[2, 3, 4]`` as a sorted list of distinct ratios >= 2."""
-    items = [part.strip() for part in text.split(",")] if isinstance(text, str) else list(text)
-    try:
-        ratios = sorted({int(item) for item in items if str(item) != ""})
-    except ValueError:
-        raise ConfigError(f"ratios must be whole numbers separated by commas, such as 2,3,4; got {text!r}.") from None
-    if not ratios or any(r < 2 for r in ratios):
-        raise ConfigError(f"ratios must be whole numbers >= 2, such as 2,3,4; got {text!r}.")
-    return ratios
+    return parse_whole_numbers(text, "ratios", 2, "2,3,4")
 
 
 def sweep(

@@ -1,0 +1,132 @@
+"""Latency of a converted model against its original, side by side (``ghostify bench``).
+
+For each batch size (and with ``compiled=True`` also under ``torch.compile``) both models are
+warmed up, then timed in interleaved runs (``measure.time_interleaved``), so that drift and noise
+hit both alike. The speedup is the ratio of the medians; its p10-p90 comes from the ratios of the
+paired runs (run ``r`` of the original against run ``r`` of the converted model).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from rich.table import Table
+from torch import nn
+
+from .convert import copy_model
+from .errors import GhostifyError
+from .formatting import human_ms, parse_whole_numbers
+from .measure import LatencyStats, example_input, latency_stats, percentile, resolve_device, time_interleaved
+
+MODES = ("eager", "compiled")
+
+
+@dataclass
+class BenchRow:
+    """One batch size and mode: both models' timings and the speedup (original / converted time)."""
+
+    batch_size: int
+    mode: str
+    original: LatencyStats
+    converted: LatencyStats
+    speedup: float  # ratio of the medians; > 1: the converted model is faster
+    speedup_p10: float
+    speedup_p90: float
+
+
+@dataclass
+class BenchReport:
+    """Timings of one original/converted pair over batch sizes and modes, on one device."""
+
+    original_name: str
+    converted_name: str
+    device: str
+    input_size: tuple[int, ...]
+    rows: list[BenchRow]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> Table:
+        table = Table(title=f"ghostify bench: {self.original_name} vs {self.converted_name} on {self.device}",
+                      title_justify="left", caption="Medians of interleaved runs (p10-p90); speedup = original / converted time.",
+                      caption_justify="left")
+        for column in ("Batch", "Mode", "Original", "Converted", "Speedup"):
+            table.add_column(column, justify="left" if column == "Mode" else "right")
+        for row in self.rows:
+            table.add_row(str(row.batch_size), row.mode, _timing(row.original), _timing(row.converted),
+                          f"{row.speedup:.2f}x ({row.speedup_p10:.2f}-{row.speedup_p90:.2f})")
+        return table
+
+
+def _timing(stats: LatencyStats) -> str:
+    return f"{human_ms(stats.median_ms)} ({stats.p10_ms:.3g}-{stats.p90_ms:.3g})"
+
+
+def bench(
+    original: nn.Module,
+    converted: nn.Module,
+    input_size: Sequence[int],
+    *,
+    batch_sizes: Sequence[int] = (1, 16),
+    device: str | torch.device = "cpu",
+    compiled: bool = False,
+    compile_backend: str = "inductor",
+    warmup: int = 5,
+    repeats: int = 30,
+    original_name: str = "original",
+    converted_name: str = "converted",
+    progress: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Time ``original`` and ``converted`` at each batch size, eager and (``compiled``) under ``torch.compile``.
+
+    The models are moved to ``device`` in copies; the callers' models stay as they are.
+    ``compile_backend`` is passed to ``torch.compile`` ("inductor" needs a C++ compiler on CPU).
+    """
+    batch_sizes = parse_batch_sizes(batch_sizes)
+    target = resolve_device(device)
+    pair = [_on(model, target) for model in (original, converted)]
+    modes = MODES if compiled else MODES[:1]
+    rows = []
+    for mode in modes:
+        runners = pair if mode == "eager" else [_compiled(model, compile_backend) for model in pair]
+        for batch_size in batch_sizes:
+            if progress is not None:
+                progress(f"timing batch {batch_size}, {mode}")
+            inputs = example_input(tuple(input_size), batch_size=batch_size)
+            try:
+                times, _, _ = time_interleaved(runners, inputs, warmup=warmup, repeats=repeats, device=target)
+            except GhostifyError:
+                raise
+            except Exception as err:  # torch.compile's toolchain, out of memory, ...
+                first_line = (str(err).strip().splitlines() or [""])[0][:300]
+                raise GhostifyError(f"timing batch {batch_size} ({mode}) failed: {type(err).__name__}: {first_line}") from err
+            ratios = [before / after for before, after in zip(*times) if after > 0]
+            rows.append(BenchRow(
+                batch_size=batch_size, mode=mode,
+                original=latency_stats(times[0], str(target), batch_size),
+                converted=latency_stats(times[1], str(target), batch_size),
+                speedup=statistics.median(times[0]) / statistics.median(times[1]),
+                speedup_p10=percentile(ratios, 10), speedup_p90=percentile(ratios, 90),
+            ))
+    return BenchReport(original_name, converted_name, str(target), tuple(input_size), rows)
+
+
+def parse_batch_sizes(text: str | Sequence[int]) -> list[int]:
+    """``"1,16"`` as ``[1, 16]``."""
+    return parse_whole_numbers(text, "batch sizes", 1, "1,16")
+
+
+def _on(model: nn.Module, target: torch.device) -> nn.Module:
+    return copy_model(model).to(target).eval()
+
+
+def _compiled(model: nn.Module, backend: str) -> nn.Module:
+    try:
+        return torch.compile(model, backend=backend)
+    except Exception as err:
+        raise GhostifyError(f"torch.compile(backend={backend!r}) failed: {type(err).__name__}: {err}") from err

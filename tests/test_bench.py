@@ -1,0 +1,72 @@
+"""ghostify.bench / ``ghostify bench``: interleaved timings of original and converted models, eager and compiled."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import ghostify
+from ghostify.bench import bench
+from ghostify.cli import app
+from ghostify.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+runner = CliRunner()
+
+
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4)).eval()
+
+
+def test_bench_times_both_models_per_batch_size_and_mode():
+    original = tiny()
+    converted = ghostify.convert(original)
+    report = bench(original, converted, (3, 16, 16), batch_sizes=(2, 1), repeats=4, warmup=1,
+                   compiled=True, compile_backend="eager")
+    assert [(row.mode, row.batch_size) for row in report.rows] == [("eager", 1), ("eager", 2), ("compiled", 1), ("compiled", 2)]
+    for row in report.rows:
+        assert row.original.repeats == row.converted.repeats == 4 and row.original.batch_size == row.batch_size
+        assert row.speedup == pytest.approx(row.original.median_ms / row.converted.median_ms)
+        assert 0 < row.speedup_p10 <= row.speedup_p90
+    assert str(report.table().title) == "ghostify bench: original vs converted on cpu"
+    assert type(converted[2]).__name__ == "GhostConv2d" and next(original.parameters()).device.type == "cpu"
+
+
+def test_speedup_spread_comes_from_paired_runs(monkeypatch):
+    times = [[10.0, 12.0, 11.0, 30.0], [5.0, 6.0, 11.0, 10.0]]  # run r of each model side by side
+    monkeypatch.setattr(sys.modules["ghostify.bench"], "time_interleaved", lambda *a, **k: (times, torch.device("cpu"), 1))
+    row = bench(tiny(), tiny(), (3, 8, 8), batch_sizes=(1,), repeats=4).rows[0]
+    assert row.speedup == pytest.approx(statistics.median(times[0]) / statistics.median(times[1]))
+    ratios = sorted(a / b for a, b in zip(*times))  # 1.0, 2.0, 2.0, 3.0
+    assert (row.speedup_p10, row.speedup_p90) == (pytest.approx(1.3), pytest.approx(2.7))
+    assert ratios[0] <= row.speedup_p10 <= row.speedup_p90 <= ratios[-1]
+
+
+@pytest.mark.parametrize("sizes", ["0", "1,x", ""])
+def test_bad_batch_sizes(sizes):
+    with pytest.raises(ConfigError, match="batch sizes must be whole numbers"):
+        bench(tiny(), tiny(), (3, 8, 8), batch_sizes=sizes)
+
+
+def test_cli_bench_on_a_spec_and_on_a_saved_directory(tmp_path, monkeypatch):
+    (tmp_path / "nets.py").write_text(
+        "from torch import nn\n\n\ndef make():\n    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), "
+        "nn.Conv2d(16, 32, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))\n")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["bench", "nets.py:make", "--input-size", "16", "--repeats", "3", "--batch-sizes", "1,2"])
+    assert result.exit_code == 0, result.output
+    assert "ghostify bench: nets.py:make vs nets.py:make (ghost s=2) on cpu" in result.output
+    assert result.output.count(" eager ") == 2 and "speedup = original / converted time" in result.output
+    assert runner.invoke(app, ["convert", "nets.py:make", "--input-size", "16", "-o", "out"]).exit_code == 0
+    result = runner.invoke(app, ["bench", "out", "--repeats", "3", "--batch-sizes", "1"])
+    assert result.exit_code == 0, result.output
+    assert "original: nets.py:make, random weights (seed 0" in result.output and "vs out on cpu" in result.output
+    result = runner.invoke(app, ["bench", "out", "--batch-sizes", "0"])
+    assert result.exit_code == 1 and "batch sizes must be whole numbers >= 1, such as 1,16; got '0'." in result.output
