@@ -9,6 +9,7 @@ from .distill import DistillConfig, DistillResult, distill
 from .errors import GhostifyError
 from .ghost_module import GhostConv2d, GhostConv2dBNReLU
 from .graph_pass import register_variant
+from .latency_plan import plan_for_latency
 from .models import ResolvedModel, resolve_model
 from .report import ComparisonReport, compare
 from .selection import ConversionPlan, LayerPlan
@@ -41,6 +42,7 @@ __all__ = [
     "get_plan",
     "load",
     "plan_conversion",
+    "plan_for_latency",
     "register_variant",
     "resolve_model",
     "save",

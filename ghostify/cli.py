@@ -33,6 +33,7 @@ from .errors import ConfigError, GhostifyError
 from .evaluate import AccuracyStats, image_folder
 from .formatting import MISSING, display_spec, human_count, percent_text, saving_percent, shorten
 from .graph_pass import VARIANTS
+from .latency_plan import plan_for_latency
 from .measure import example_input, layer_macs
 from .models import DEFAULT_SEED, ResolvedModel, default_input_size, resolve_model
 from .outputs import atomic_directory, check_output_path
@@ -75,6 +76,11 @@ stdout = Console(width=None if sys.stdout.isatty() else _PIPE_WIDTH)
 stderr = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPE_WIDTH)
 
 Variant = Enum("Variant", {name.replace("-", "_"): name for name in VARIANTS}, type=str)  # type: ignore[misc]
+
+
+class Target(str, Enum):
+    macs = "macs"
+    latency = "latency"
 
 
 class InitMode(str, Enum):
@@ -129,6 +135,8 @@ LrOpt = Annotated[Optional[float], _value("--lr", metavar="LR", help=f"Peak lear
 SeedOpt = Annotated[Optional[int], _value("--seed", metavar="N", min=0, help="Seed of every random choice of calibration and distillation; e.g. --seed 1 (default 0).")]
 CalibrationSamplesOpt = Annotated[Optional[int], _value("--calibration-samples", metavar="N", min=1, help=f"Images of --data that calibration fits on; e.g. --calibration-samples 1024 (default {CALIBRATION_SAMPLES}).")]
 ResumeOpt = Annotated[bool, _flag("--resume", help="Continue an interrupted distillation from its checkpoint, kept beside the output directory (default: start over).")]
+TargetOpt = Annotated[Target, _value("--target", metavar="GOAL", help="What the plan aims at: macs (convert every eligible layer) or latency (time each layer as a conv and as a ghost module on --device at --target-batch, convert only those that get faster); e.g. --target latency (default macs).")]
+TargetBatchOpt = Annotated[int, _value("--target-batch", metavar="N", min=1, help="The batch size --target latency times layers at; e.g. --target-batch 16 (default 1).")]
 LayersOpt = Annotated[bool, _flag("--layers", help="Print the per-layer table too (default: the summary only).")]
 
 
@@ -293,9 +301,17 @@ def _write_output(output: Path, force: bool, write: Callable[[Path], object]) ->
     stdout.print(f"wrote {escape(str(output))}/ ({escape(written)})", highlight=False, soft_wrap=True)
 
 
-def _show_plan(model: nn.Module, config: GhostConfig, input_size: tuple[int, int, int]) -> None:
+def _make_plan(model: nn.Module, config: GhostConfig, target: Target, input_size: tuple[int, int, int],
+               batch_size: int, device: str) -> ConversionPlan:
+    """The plan for ``target``: every eligible layer (macs), or those a ghost module makes faster (latency)."""
+    if target is Target.macs:
+        return plan_conversion(model, config)
+    with step(stdout, f"timing each layer as conv and as ghost module (batch {batch_size}, {device})"):
+        return plan_for_latency(model, config, input_size=input_size, batch_size=batch_size, device=device)
+
+
+def _show_plan(model: nn.Module, plan: ConversionPlan, input_size: tuple[int, int, int]) -> None:
     """The plan table of ``inspect`` / ``--dry-run``, with per-layer MACs from one forward pass at ``input_size``."""
-    plan = plan_conversion(model, config)
     _print_trace(plan)
     _print_selection(plan)
     try:
@@ -382,6 +398,8 @@ def convert(
     resume: ResumeOpt = False,
     latency: LatencyOpt = False,
     device: DeviceOpt = "cpu",
+    target: TargetOpt = Target.macs,
+    target_batch: TargetBatchOpt = 1,
     layers: LayersOpt = False,
 ) -> None:
     """Convert MODEL's eligible convs to ghost modules and print a before/after report.
@@ -405,11 +423,12 @@ def convert(
             check_output_path(output, force=force, inputs=[model.rpartition(":")[0], checkpoint, *(data or []), *(val_data or [])])
         resolved = _resolve(model, checkpoint, trust_checkpoint, pretrained)
         size = size or default_input_size(resolved.model)
+        plan = _make_plan(resolved.model, config, target, size, target_batch, device)
         if dry_run:
-            _show_plan(resolved.model, config, size)
+            _show_plan(resolved.model, plan, size)
             return
         with step(stdout, "converting"):
-            converted = convert_model(resolved.model, config)
+            converted = convert_model(resolved.model, plan=plan)
         _print_trace(converted.ghostify_plan)
         _print_selection(converted.ghostify_plan)
         done = None
@@ -596,12 +615,16 @@ def inspect(
     checkpoint: CheckpointOpt = None,
     trust_checkpoint: TrustOpt = False,
     input_size: InputSizeOpt = None,
+    target: TargetOpt = Target.macs,
+    target_batch: TargetBatchOpt = 1,
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Show every conv of MODEL: shape, dilation, MACs, whether it would be converted, at what ratio and saving, and why not."""
     config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, skip_output)
     size = _parse_input_size(input_size)
     resolved = _resolve(model, checkpoint, trust_checkpoint, False)
-    _show_plan(resolved.model, config, size or default_input_size(resolved.model))
+    size = size or default_input_size(resolved.model)
+    _show_plan(resolved.model, _make_plan(resolved.model, config, target, size, target_batch, device), size)
 
 
 @_command

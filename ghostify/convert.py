@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .config import GhostConfig
+from .errors import ConfigError
 from .graph_pass import apply_plan, find_conv_sites
 from .selection import ConversionPlan, plan_layers
 
@@ -46,13 +47,22 @@ def _recorded_plan(model: nn.Module, plan: ConversionPlan) -> ConversionPlan:
     return plan if earlier is None else earlier.followed_by(plan)
 
 
-def convert(model: nn.Module, config: GhostConfig | None = None, **options: Any) -> nn.Module:
+def convert(model: nn.Module, config: GhostConfig | None = None, *, plan: ConversionPlan | None = None,
+            **options: Any) -> nn.Module:
     """A copy of ``model`` whose eligible ``Conv2d`` layers are ghost modules; ``model`` is untouched.
 
     Example: ``ghostify.convert(model, ratio=2, dw_size=3, exclude=["conv1"])``. The plan that
     was applied (with each layer's weight-fit error) is on the result as ``.ghostify_plan``.
+    ``plan``: apply this plan (from ``plan_conversion`` or ``plan_for_latency`` on ``model``) as it is.
     """
-    plan = plan_conversion(model, config, **options)  # validate before copying anything
+    if plan is None:
+        plan = plan_conversion(model, config, **options)  # validate before copying anything
+    elif config is not None or options:
+        raise ConfigError("pass either a plan or conversion options, not both: the plan already holds its config.")
+    else:
+        mismatch = plan.base_model_mismatch(model)
+        if mismatch:
+            raise ConfigError(f"the plan was made for another model: {mismatch}.")
     recorded = _recorded_plan(model, plan)
     converted = copy_model(model)
     apply_plan(converted, plan, transfer=plan.config.init == "transfer")

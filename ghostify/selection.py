@@ -69,6 +69,7 @@ class LayerPlan:
     intrinsic_channels: int | None = None
     aliases: list[str] = field(default_factory=list)
     fit_error: float | None = None  # relative error of the data-free weight fit, set by convert()
+    latency_ms: list[float] | None = None  # [conv, ghost module] median ms, set by plan_for_latency
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
