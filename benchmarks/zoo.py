@@ -48,12 +48,23 @@ def check_one(spec: str, size: int, max_params: float) -> dict:
         return {**row, "skipped": f"more than {max_params:g} M parameters"}
     dense = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups == 1]
     row["dense_convs"] = len(dense)
+    if not dense:  # nothing ghostify converts (video models: Conv3d only)
+        return {**row, "converted": 0, "same_shapes": None}
     converted = ghostify.convert(model)
     row["converted"] = len(ghostify.get_plan(converted).converted)
     channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
-    x = torch.randn(2, channels, size, size)
+    for side in (size, 224, 299):  # the smallest input the original model itself accepts
+        x = torch.randn(2, channels, side, side)
+        try:
+            with torch.no_grad():
+                before = model(x)
+            break
+        except Exception:
+            if side == 299:
+                raise
+    row["input_size"] = side
     with torch.no_grad():
-        before, after = model(x), converted(x)
+        after = converted(x)
     row["same_shapes"] = _shapes(before) == _shapes(after)
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
@@ -65,6 +76,8 @@ def _shapes(output) -> object:
     if isinstance(output, torch.Tensor):
         return tuple(output.shape)
     if isinstance(output, dict):
+        if "boxes" in output:  # detections: how many depends on the weights, their fields do not
+            return sorted(output)
         return {key: _shapes(value) for key, value in output.items()}
     if isinstance(output, (list, tuple)):
         return [_shapes(value) for value in output]
