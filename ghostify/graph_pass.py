@@ -200,13 +200,14 @@ def _mark_reparameterisable(model: nn.Module, sites: list[ConvSite]) -> None:
     for site in sites:
         if site.kind != "module" or site.unsupported:
             continue
+        conv = model.get_submodule(site.name)
         parts = site.name.split(".")
         for depth in range(len(parts) - 1, -1, -1):
             block_name = ".".join(parts[:depth])
             block = model.get_submodule(block_name)
             method = next((m for m in _REPARAMETERISE_METHODS if callable(getattr(block, m, None))), None)
             fused = getattr(block, "reparam_conv", None)
-            if isinstance(fused, nn.Module) and any(m is model.get_submodule(site.name) for m in fused.modules()):
+            if isinstance(fused, nn.Module) and any(m is conv for m in fused.modules()):
                 break
             if method is not None:
                 where = f"{block_name} ({type(block).__name__})" if block_name else type(block).__name__

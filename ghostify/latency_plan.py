@@ -9,7 +9,6 @@ the model, and keeps every layer whose ghost module is not faster. The timings s
 
 from __future__ import annotations
 
-import copy
 import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,7 +20,7 @@ from .config import GhostConfig
 from .conv_equivalent import equivalent_conv
 from .convert import plan_conversion
 from .graph_pass import VARIANTS
-from .measure import example_input, resolve_device, time_interleaved
+from .measure import example_input, observe_modules, resolve_device, time_interleaved
 from .selection import ConversionPlan
 
 # (conv, ghost module, input, device) -> (conv ms, ghost ms); tests pass a fake one
@@ -67,24 +66,10 @@ def plan_for_latency(
 def _input_shapes(model: nn.Module, names: Sequence[str], inputs: torch.Tensor) -> dict[str, torch.Size]:
     """The input shape each named module gets (at its first call) in one forward pass of ``model``."""
     shapes: dict[str, torch.Size] = {}
-    hooks = []
-    for name in names:
-        def record(module: nn.Module, args: tuple, name: str = name) -> None:
-            shapes.setdefault(name, args[0].shape)
-
-        hooks.append(model.get_submodule(name).register_forward_pre_hook(record))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(inputs)
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
+    observe_modules(model, names, inputs, lambda name, args, output: shapes.setdefault(name, args[0].shape))
     return shapes
 
 
 def _time_pair(conv: nn.Module, ghost: nn.Module, x: torch.Tensor, device: torch.device, repeats: int) -> tuple[float, float]:
-    times, _, _ = time_interleaved([copy.deepcopy(conv), ghost], x, warmup=3, repeats=repeats, device=device)
+    times, _, _ = time_interleaved([conv, ghost], x, warmup=3, repeats=repeats, device=device)  # flags restored
     return statistics.median(times[0]), statistics.median(times[1])

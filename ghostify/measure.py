@@ -13,7 +13,7 @@ import math
 import statistics
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -347,6 +347,27 @@ def measure_latency(
     return measure_latencies([model], example_input, warmup=warmup, repeats=repeats, device=device)[0]
 
 
+def observe_modules(model: nn.Module, names: Sequence[str], example_input: ModelInput,
+                    record: Callable[[str, tuple, Any], None]) -> None:
+    """Run ``model`` once (eval mode, no gradients; its training flag restored) and call
+    ``record(name, args, output)`` at every call of each named module."""
+    hooks = []
+    for name in names:
+        def hook(module: nn.Module, args: tuple, output: Any, name: str = name) -> None:
+            record(name, args, output)
+
+        hooks.append(model.get_submodule(name).register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*_as_args(example_input))
+    finally:
+        model.train(was_training)
+        for hook_handle in hooks:
+            hook_handle.remove()
+
+
 def layer_macs(model: nn.Module, plan: Any, example_input: ModelInput) -> dict[str, tuple[int, int]]:
     """Per conv layer of ``plan`` (a ``ConversionPlan`` of the unconverted ``model``): MACs now and as planned.
 
@@ -355,25 +376,11 @@ def layer_macs(model: nn.Module, plan: Any, example_input: ModelInput) -> dict[s
     ``inspect`` can show what a plan saves without converting anything. Kept layers cost the same.
     """
     pixels: dict[str, int] = {}
-    hooks = []
-    for layer in plan.layers:
-        if layer.kind != "module":
-            continue
-        conv = model.get_submodule(layer.name)
 
-        def record(module: nn.Module, args: Any, output: torch.Tensor, name: str = layer.name) -> None:
-            pixels[name] = pixels.get(name, 0) + output.shape[-2] * output.shape[-1]
+    def record(name: str, args: tuple, output: torch.Tensor) -> None:
+        pixels[name] = pixels.get(name, 0) + output.shape[-2] * output.shape[-1]
 
-        hooks.append(conv.register_forward_hook(record))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(*_as_args(example_input))
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
+    observe_modules(model, [layer.name for layer in plan.layers if layer.kind == "module"], example_input, record)
     dw_area = plan.config.dw_size ** 2
     result = {}
     for layer in plan.layers:

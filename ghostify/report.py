@@ -33,9 +33,11 @@ from .measure import (
     LatencyStats, MacCount, check_runs, count_macs, count_params, example_input, measure_latencies, model_device,
     state_dict_bytes,
 )
+from .outputs import prepare_report_directory
 from .report_html import render_html
 from .report_render import MACS_EXPLANATION, RENDER_WIDTH, render_text  # noqa: F401  (still importable from here)
 from .selection import ConversionPlan, LayerPlan
+from .serialization import SAVED_MODEL_FILES
 from .version import __version__
 
 REPORT_SCHEMA = "ghostify.report"
@@ -235,9 +237,6 @@ class ComparisonReport:
         As ``ghostify.save``, it refuses a non-empty directory unless ``force=True`` (which overwrites
         the report's files and keeps the rest), except a saved model's directory: the report joins it.
         """
-        from .outputs import prepare_report_directory
-        from .serialization import SAVED_MODEL_FILES
-
         prepare_report_directory(directory, force=force, may_join=SAVED_MODEL_FILES)
         target = Path(directory)
         json_path, markdown_path, html_path = target / "report.json", target / "report.md", target / "report.html"

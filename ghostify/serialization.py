@@ -23,6 +23,7 @@ from .graph_pass import apply_plan
 from .models import DEFAULT_SEED, ResolvedModel, canonical_spec, model_file, resolve_model
 from .outputs import PYTHON_WORDING, atomic_directory
 from .selection import ConversionPlan
+from .version import __version__
 
 RECIPE_FILE = "ghostify.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -61,8 +62,6 @@ def write_model_files(
     ``inputs``: the input settings given explicitly (``input_size``, ``mean``, ``std``; None where
     the model's own apply), so that later runs on the model read images the same way.
     """
-    from . import __version__
-
     plan = get_plan(model)
     if plan is None:
         raise GhostifyError("this model carries no ghostify plan; save a model made by ghostify.convert or ghostify.load.")

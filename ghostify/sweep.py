@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from .config import GhostConfig
 from .convert import convert
 from .formatting import MISSING, human_count, parse_whole_numbers, ratio_text
+from .outputs import prepare_report_directory
 from .report import ComparisonReport, check_schema, compare
 from .report_html import render_html
 from .report_render import NOT_AVAILABLE, render_text, top1_note
@@ -135,8 +136,6 @@ class SweepReport:
         As ``ghostify.save``, it refuses a non-empty directory unless ``force=True`` (which overwrites
         the sweep's files and keeps the rest).
         """
-        from .outputs import prepare_report_directory
-
         prepare_report_directory(directory, force=force)
         target = Path(directory)
         paths = [target / "sweep.json", target / "sweep.md", target / "sweep.html"]
