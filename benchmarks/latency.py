@@ -1,27 +1,56 @@
-"""Latency of original vs ghost-converted models, measured side by side in one process.
+"""Latency of original, ghost-converted and deployed models, measured side by side in one process.
 
     python benchmarks/latency.py                       # CPU, default models
+    python benchmarks/latency.py --threads 2 --every-conv --models timm:resnet50@224 --ratios 2 --batch-sizes 1,16
     python benchmarks/latency.py --device cuda --batch-sizes 1,32
-    python benchmarks/latency.py --models timm:resnet50 --ratios 2,4 --repeats 30
 
-Prints, per model, batch size and ratio: median latency (ms) of both models, with runs of the
-two interleaved so machine noise hits both alike, and the speedup (original / converted).
-MACs and params are printed alongside: on CPU at small batch a ghost model is usually NOT
-faster in proportion to its MACs (depthwise convs and the channel gather are memory-bound).
+Prints, per model, batch size and ratio: median latency (ms) of the original, of the converted
+model as ``ghostify.convert`` returns it (train form) and of its deploy form (``ghostify.deploy``:
+BatchNorm folded, channel gathers folded into the next layers), with the runs of all models
+interleaved so machine noise hits them alike, and the speedups over the original. Also the
+original with its own BatchNorms folded (``torch.fx``'s ``fuse``), the fairest baseline for a
+deploy form. Random-weight models get trained-like BatchNorm statistics first (timm starts some
+BN scales at zero, which no trained model has and which ``deploy`` cannot fold).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import torch
+from torch import nn
 
 import ghostify
-from ghostify.measure import count_macs, count_params, example_input, measure_latencies
+from ghostify.measure import count_macs, example_input, measure_latencies
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cifar_resnet.py"
 DEFAULT_MODELS = f"timm:resnet50@224,{EXAMPLE}:resnet56@32"
+
+
+def trained_like_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters, as a trained model has."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
+            module.running_var.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
+            if module.affine:
+                module.weight.data.copy_(torch.rand(n, generator=generator) * 0.5 + 0.5)
+                module.bias.data.copy_(torch.rand(n, generator=generator) * 0.2 - 0.1)
+    return model
+
+
+def bn_folded(model: nn.Module) -> nn.Module:
+    """The original with each Conv2d-BatchNorm2d pair fused (``torch.fx.experimental.optimization.fuse``)."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(copy.deepcopy(model).eval())
+    except Exception:  # noqa: BLE001 - not traceable by plain FX: no such baseline
+        return None
 
 
 def main() -> None:
@@ -33,33 +62,43 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--every-conv", action="store_true", help="convert the stem and output convs too (as the paper's counts)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"device={args.device} threads={torch.get_num_threads()} repeats={args.repeats} torch={torch.__version__}")
-    header = f"{'model':<28} {'batch':>5} {'ratio':>5} {'params':>9} {'MACs/img':>9} {'orig ms':>9} {'ghost ms':>9} {'speedup':>8}"
+    header = (f"{'model':<16} {'batch':>5} {'ratio':>5} {'MACs/img':>9} {'orig ms':>8} {'orig+fold':>9} "
+              f"{'ghost ms':>8} {'deploy ms':>9} {'ghost x':>7} {'deploy x':>8} {'vs fold':>7}")
     print(header)
     print("-" * len(header))
+    options = {"skip_stem": False, "skip_output": False} if args.every_conv else {}
     for item in args.models.split(","):
         spec, _, size = item.rpartition("@")
-        model = ghostify.resolve_model(spec).model.eval()
+        resolved = ghostify.resolve_model(spec)
+        model = resolved.model.eval()
+        if not resolved.weights_note or "random" in resolved.weights_note:
+            trained_like_norms(model)
         input_size = (3, int(size), int(size))
-        converted = {r: ghostify.convert(model, ratio=int(r), init="random").eval() for r in args.ratios.split(",")}
+        one = example_input(input_size, 1)
+        fused = bn_folded(model)
+        converted = {int(r): ghostify.convert(model, ratio=int(r), init="random", **options).eval() for r in args.ratios.split(",")}
+        deployed = {r: ghostify.deploy(c) for r, c in converted.items()}
         name = Path(spec).name if ".py:" in spec else spec
+        for ratio, d in deployed.items():
+            print(f"{name} s={ratio}: {d.ghostify_deploy.summary()}")
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             x = example_input(input_size, batch)
             for ratio, ghost in converted.items():
-                original_stats, ghost_stats = measure_latencies(
-                    [model, ghost], x, warmup=args.warmup, repeats=args.repeats, device=args.device
-                )
-                macs = count_macs(ghost, example_input(input_size, 1)).total
+                candidates = [model, ghost, deployed[ratio]] + ([fused] if fused is not None else [])
+                stats = measure_latencies(candidates, x, warmup=args.warmup, repeats=args.repeats, device=args.device)
+                orig, train, deploy = (s.median_ms for s in stats[:3])
+                fold = stats[3].median_ms if fused is not None else float("nan")
+                macs = count_macs(deployed[ratio], one).total
                 print(
-                    f"{name:<28} {batch:>5} {ratio:>5} {count_params(ghost) / 1e6:>8.2f}M {macs / 1e9:>8.3f}G "
-                    f"{original_stats.median_ms:>9.2f} {ghost_stats.median_ms:>9.2f} "
-                    f"{original_stats.median_ms / ghost_stats.median_ms:>7.2f}x"
+                    f"{name[-16:]:<16} {batch:>5} {ratio:>5} {macs / 1e9:>8.3f}G {orig:>8.2f} {fold:>9.2f} "
+                    f"{train:>8.2f} {deploy:>9.2f} {orig / train:>6.2f}x {orig / deploy:>7.2f}x {fold / deploy:>6.2f}x"
                 )
-        print(f"{name:<28} original: {count_params(model) / 1e6:.2f}M params, "
-              f"{count_macs(model, example_input(input_size, 1)).total / 1e9:.3f}G MACs/img")
+        print(f"{name} original: {count_macs(model, one).total / 1e9:.3f}G MACs/img")
 
 
 if __name__ == "__main__":

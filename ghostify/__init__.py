@@ -5,9 +5,12 @@ from .calibrate import CalibrationResult, calibrate
 from .config import GhostConfig
 from .convert import convert, convert_, get_plan, plan_conversion
 from .data import InputPipeline
+from .deploy import DeployedGhostConv2d, DeployRecord, deploy
 from .distill import DistillConfig, DistillResult, distill
 from .errors import GhostifyError
-from .ghost_module import GhostConv2d, GhostConv2dBNReLU
+from .ghost_module import (
+    GhostConv1d, GhostConv1dBNReLU, GhostConv2d, GhostConv2dBNReLU, GhostConv3d, GhostConv3dBNReLU,
+)
 from .graph_pass import register_variant
 from .latency_plan import plan_for_latency
 from .models import ResolvedModel, resolve_model
@@ -21,6 +24,9 @@ from .version import __version__
 __all__ = [
     "BenchReport",
     "bench",
+    "deploy",
+    "DeployedGhostConv2d",
+    "DeployRecord",
     "CalibrationResult",
     "DistillConfig",
     "DistillResult",
@@ -30,8 +36,12 @@ __all__ = [
     "ComparisonReport",
     "ConversionPlan",
     "GhostConfig",
+    "GhostConv1d",
+    "GhostConv1dBNReLU",
     "GhostConv2d",
     "GhostConv2dBNReLU",
+    "GhostConv3d",
+    "GhostConv3dBNReLU",
     "GhostifyError",
     "LayerPlan",
     "ResolvedModel",

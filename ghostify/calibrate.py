@@ -22,6 +22,10 @@ input, teacher output" mix of Cross Distillation, Bai et al. 2020):
 Measured on CIFAR-10 ResNet-20, s=2, 512 train/ images, agreement with the original on val/:
 data-free 10 %, steps 1-3 63 %, + BatchNorm re-estimation 26 % (so it is off by default),
 steps 1-4 82 % (Adam lr 3e-3; 1e-3: 72 %; 600 steps: 83 %; also tuning BatchNorm affines: 82 %).
+
+Calibration fits 2-D ghost modules (``GhostConv2d``) on images. The ghost modules of ``Conv1d`` and
+``Conv3d`` layers keep their data-free start (``CalibrationResult.skipped`` names them); a model
+with no 2-D ghost module is refused with a message saying so (distill it instead).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import GhostifyError
-from .ghost_module import GhostConv2d, GhostConv2dBNReLU
+from .ghost_module import CONV_TYPES, GhostConv2d, GhostConv2dBNReLU, is_ghost_module, is_paper_variant
 from .weight_transfer import ChannelAssignment, group_channels
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -74,6 +78,7 @@ class CalibrationResult:
     head: tuple[str, float, float] | None = None
     seconds: float = 0.0
     bn_reestimated: int = 0
+    skipped: list[str] = field(default_factory=list)  # ghost modules left as they were: 1-D / 3-D (2-D only here)
 
     @property
     def mean_error_after(self) -> float:
@@ -87,26 +92,35 @@ class CalibrationResult:
             "layers": [vars(layer) for layer in self.layers],
             "blocks": [vars(block) for block in self.blocks],
             "head": list(self.head) if self.head else None,
+            **({"skipped": list(self.skipped)} if self.skipped else {}),
         }
 
 
 def calibration_layers(student: nn.Module) -> list[tuple[str, GhostConv2d]]:
-    """The linear ghost modules of ``student`` (the paper's BN+ReLU variant cannot be fitted in closed form)."""
+    """The linear 2-D ghost modules of ``student`` (the paper's BN+ReLU variant cannot be fitted in closed form;
+    1-D and 3-D ghost modules are not calibrated: see ``uncalibrated_layers``)."""
     return [(name, module) for name, module in student.named_modules()
             if isinstance(module, GhostConv2d) and not isinstance(module, GhostConv2dBNReLU)]
 
 
+def uncalibrated_layers(student: nn.Module) -> list[str]:
+    """Names of the linear ghost modules calibration leaves alone: those of ``Conv1d`` / ``Conv3d`` layers."""
+    return [name for name, module in student.named_modules()
+            if is_ghost_module(module) and not is_paper_variant(module) and module.spatial_dims != 2]
+
+
 def check_teacher_fits(student: nn.Module, teacher: nn.Module, names: Sequence[str]) -> None:
-    """Every ghost module's name must be a Conv2d of the same shape in the teacher."""
+    """Every ghost module's name must be a conv of its dims (``Conv1d``/``2d``/``3d``) and shape in the teacher."""
     modules = dict(teacher.named_modules())
     for name in names:
         ghost = student.get_submodule(name)
         conv = modules.get(name)
-        if not isinstance(conv, nn.Conv2d):
+        expected = CONV_TYPES[ghost.spatial_dims]
+        if not isinstance(conv, expected):
             found = "nothing" if conv is None else type(conv).__name__
             raise GhostifyError(
-                f"the teacher does not fit the student: the student's ghost layer {name!r} should be a Conv2d in the "
-                f"teacher, found {found}. Pass the model the student was converted from."
+                f"the teacher does not fit the student: the student's ghost layer {name!r} should be a {expected.__name__} "
+                f"in the teacher, found {found}. Pass the model the student was converted from."
             )
         if (conv.in_channels, conv.out_channels) != (ghost.in_channels, ghost.out_channels) or conv.kernel_size != ghost.primary.kernel_size:
             raise GhostifyError(
@@ -483,8 +497,16 @@ def calibrate(
 
     start = time.perf_counter()
     layers = calibration_layers(student)
+    skipped = uncalibrated_layers(student)
     if not layers:
-        if any(isinstance(m, GhostConv2dBNReLU) for m in student.modules()):
+        if skipped:
+            kinds = sorted({f"GhostConv{student.get_submodule(name).spatial_dims}d" for name in skipped})
+            raise GhostifyError(
+                f"calibration fits 2-D ghost modules (GhostConv2d) on images; this model's {len(skipped)} ghost module(s) "
+                f"are {' and '.join(kinds)} (converted Conv1d/Conv3d layers), which it cannot fit. They keep their "
+                "data-free start: distill the model instead (ghostify.distill with a Dataset of its inputs)."
+            )
+        if any(is_paper_variant(m) for m in student.modules()):
             raise GhostifyError("the paper-bn-relu ghost modules are not linear, so they cannot be calibrated; distill the model instead.")
         raise GhostifyError("the student has no ghost modules to calibrate; convert the model first (ghostify.convert).")
     check_teacher_fits(student, teacher, [name for name, _ in layers])
@@ -493,7 +515,7 @@ def calibrate(
     images = batches(data, pipeline, batch_size=batch_size, limit=samples)
     flags = {m: m.training for m in (*student.modules(), *teacher.modules())}
     student.eval(), teacher.eval()
-    result = CalibrationResult(images=sum(len(b) for b in images))
+    result = CalibrationResult(images=sum(len(b) for b in images), skipped=skipped)
     try:
         order = _execution_order(student, [module for _, module in layers], images[0])
         teacher_modules = dict(teacher.named_modules())

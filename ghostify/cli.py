@@ -28,14 +28,15 @@ from .config import GhostConfig
 from .convert import convert as convert_model
 from .convert import plan_conversion
 from .data import InputPipeline
+from .deploy import deploy as deploy_model
 from .distill import DistillConfig
 from .errors import ConfigError, GhostifyError
 from .evaluate import AccuracyStats, image_folder
-from .formatting import MISSING, display_spec, human_count, percent_text, saving_percent, shorten
+from .formatting import MISSING, display_spec, human_count, parse_input_size, percent_text, saving_percent, shorten
 from .graph_pass import VARIANTS
-from .latency_plan import plan_for_latency
+from .latency_plan import Budget, plan_for_latency
 from .measure import example_input, layer_macs
-from .models import DEFAULT_SEED, ResolvedModel, default_input_size, resolve_model
+from .models import DEFAULT_SEED, ResolvedModel, input_size_for, resolve_model
 from .outputs import atomic_directory, check_output_path
 from .progress import step
 from .recovery import Recovery, check_resume, checkpoint_file, is_main_process, recover, remove_checkpoint
@@ -126,7 +127,7 @@ DataLimitOpt = Annotated[Optional[int], _value("--data-limit", metavar="N", min=
 LatencyOpt = Annotated[bool, _flag("--latency", help="Also time both models: the median of interleaved runs (default: off).")]
 DeviceOpt = Annotated[str, _value("--device", metavar="DEVICE", help="Where to time, calibrate and train: cpu, cuda or cuda:N; e.g. --device cuda (default cpu).")]
 ForceOpt = Annotated[bool, _flag("--force", help="Replace an existing non-empty output directory (default: refuse).")]
-InputSizeOpt = Annotated[Optional[str], _value("--input-size", metavar="SIZE", help="One input's size: S for a 3xSxS image or C,H,W; e.g. --input-size 32 or --input-size 3,224,224 (default: the model's own, else 3,224,224).")]
+InputSizeOpt = Annotated[Optional[str], _value("--input-size", metavar="SIZE", help="One input's size: S for a 3xSxS image or C,H,W (C,L for a model whose first conv is a Conv1d, C,T,H,W for a Conv3d); e.g. --input-size 32 or --input-size 3,224,224 (default: the model's own, else 3,224,224; C,224 for a Conv1d model, C,16,112,112 for a Conv3d one).")]
 MeanOpt = Annotated[Optional[str], _value("--mean", metavar="M,M,M", help="Per-channel mean to normalise images with; e.g. --mean 0.4914,0.4822,0.4465 (default: the model's own, else ImageNet's).")]
 StdOpt = Annotated[Optional[str], _value("--std", metavar="S,S,S", help="Per-channel std to normalise images with; e.g. --std 0.247,0.243,0.261 (default: the model's own, else ImageNet's).")]
 EpochsOpt = Annotated[Optional[int], _value("--epochs", metavar="N", min=1, help=f"Distillation epochs; e.g. --epochs 30 (default {_TRAINING.epochs}).")]
@@ -137,6 +138,8 @@ CalibrationSamplesOpt = Annotated[Optional[int], _value("--calibration-samples",
 ResumeOpt = Annotated[bool, _flag("--resume", help="Continue an interrupted distillation from its checkpoint, kept beside the output directory (default: start over).")]
 TargetOpt = Annotated[Target, _value("--target", metavar="GOAL", help="What the plan aims at: macs (convert every eligible layer) or latency (time each layer as a conv and as a ghost module on --device at --target-batch, convert only those that get faster); e.g. --target latency (default macs).")]
 TargetBatchOpt = Annotated[int, _value("--target-batch", metavar="N", min=1, help="The batch size --target latency times layers at; e.g. --target-batch 16 (default 1).")]
+BudgetOpt = Annotated[Optional[str], _value("--budget", metavar="KIND=F", help="With --target latency, also convert layers a ghost module slows down (least time lost per MAC saved first) until the model's MACs (macs=F) or the timed layers' time (latency=F) is at most F times the original's; e.g. --budget macs=0.6 (default: only the faster layers).")]
+DeployOpt = Annotated[bool, _flag("--deploy", help="Put the ghost model in deploy form for inference: BatchNorms folded into the ghost modules, channel gathers folded into the next layers where they allow it; same outputs, faster (default: off).")]
 LayersOpt = Annotated[bool, _flag("--layers", help="Print the per-layer table too (default: the summary only).")]
 
 
@@ -173,22 +176,10 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(code=1)
 
 
-def _parse_input_size(text: str | None) -> tuple[int, int, int] | None:
-    """``--input-size`` as (C, H, W); None when not given (the model's own size is used then)."""
-    if text is None:
-        return None
-    parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
-    if len(parts) == 2 and all(p.isascii() and p.isdigit() for p in parts):
-        raise ConfigError(
-            f"--input-size {text} is ambiguous (C,H or H,W?): give S for a 3xSxS image, e.g. --input-size {parts[-1]}, "
-            f"or all three of C,H,W, e.g. --input-size 3,{parts[-1]},{parts[-1]}."
-        )
-    if not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts) or len(parts) not in (1, 3):
-        raise ConfigError(f"--input-size must be S (a 3xSxS image, e.g. 224) or C,H,W (e.g. 3,224,224), every number >= 1; got {text!r}.")
-    values = [int(p) for p in parts]
-    if len(values) == 1:
-        values = [3, values[0], values[0]]
-    return values[0], values[1], values[2]
+def _parse_input_size(text: str | None) -> tuple[int, ...] | None:
+    """``--input-size`` as numbers (S is 3,S,S); None when not given. ``input_size_for`` checks them against the
+    model once it is built (C,L for a Conv1d model, C,H,W for a Conv2d one, C,T,H,W for a Conv3d one)."""
+    return parse_input_size(text)
 
 
 def _parse_layer_ratios(rules: list[str] | None) -> list[tuple[str, int]]:
@@ -302,12 +293,16 @@ def _write_output(output: Path, force: bool, write: Callable[[Path], object]) ->
 
 
 def _make_plan(model: nn.Module, config: GhostConfig, target: Target, input_size: tuple[int, int, int],
-               batch_size: int, device: str) -> ConversionPlan:
+               batch_size: int, device: str, deploy: bool = False, budget: str | None = None) -> ConversionPlan:
     """The plan for ``target``: every eligible layer (macs), or those a ghost module makes faster (latency)."""
     if target is Target.macs:
+        if budget is not None:
+            raise ConfigError("--budget needs --target latency: it chooses layers by their measured times.")
         return plan_conversion(model, config)
+    parsed = Budget.parse(budget) if budget is not None else None  # a typo fails before the timing
     with step(stdout, f"timing each layer as conv and as ghost module (batch {batch_size}, {device})"):
-        return plan_for_latency(model, config, input_size=input_size, batch_size=batch_size, device=device)
+        return plan_for_latency(model, config, input_size=input_size, batch_size=batch_size, device=device,
+                                deploy=deploy, budget=parsed)
 
 
 def _show_plan(model: nn.Module, plan: ConversionPlan, input_size: tuple[int, int, int]) -> None:
@@ -400,7 +395,9 @@ def convert(
     device: DeviceOpt = "cpu",
     target: TargetOpt = Target.macs,
     target_batch: TargetBatchOpt = 1,
+    budget: BudgetOpt = None,
     layers: LayersOpt = False,
+    deploy: DeployOpt = False,
 ) -> None:
     """Convert MODEL's eligible convs to ghost modules and print a before/after report.
 
@@ -422,8 +419,8 @@ def convert(
         if output is not None and not dry_run:  # before the slow work, not after it
             check_output_path(output, force=force, inputs=[model.rpartition(":")[0], checkpoint, *(data or []), *(val_data or [])])
         resolved = _resolve(model, checkpoint, trust_checkpoint, pretrained)
-        size = size or default_input_size(resolved.model)
-        plan = _make_plan(resolved.model, config, target, size, target_batch, device)
+        size = input_size_for(resolved.model, size)
+        plan = _make_plan(resolved.model, config, target, size, target_batch, device, deploy, budget)
         if dry_run:
             _show_plan(resolved.model, plan, size)
             return
@@ -440,6 +437,8 @@ def convert(
                             console=stdout)
             if not is_main_process():
                 return
+        if deploy:
+            converted = _deployed(converted)
         eval_data = (data or [None])[0] if not recovering else None
         name = display_spec(resolved.spec)
         with step(stdout, "measuring"):
@@ -464,6 +463,14 @@ def convert(
         _fail(str(err))
     except KeyboardInterrupt:
         _interrupted(ckpt)
+
+
+def _deployed(converted: nn.Module) -> nn.Module:
+    """``converted`` in deploy form; says what was folded."""
+    with step(stdout, "deploying"):
+        deployed = deploy_model(converted)
+    stdout.print(deployed.ghostify_deploy.summary())
+    return deployed
 
 
 def _check_convert_options(recovering: bool, distill: bool, data: list[Path] | None, val_data: list[Path] | None,
@@ -548,7 +555,7 @@ def distill_command(
                         start_stage="saved", console=stdout)
         if not is_main_process():
             return
-        size = size or default_input_size(resolved.model)
+        size = input_size_for(resolved.model, size)
         with step(stdout, "measuring"):
             report = compare(resolved.model, student, input_size=size, latency=latency, device=device,
                              original_name=display_spec(resolved.spec), converted_name=f"{saved.name} (distilled)")
@@ -617,14 +624,15 @@ def inspect(
     input_size: InputSizeOpt = None,
     target: TargetOpt = Target.macs,
     target_batch: TargetBatchOpt = 1,
+    budget: BudgetOpt = None,
     device: DeviceOpt = "cpu",
 ) -> None:
     """Show every conv of MODEL: shape, dilation, MACs, whether it would be converted, at what ratio and saving, and why not."""
     config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, skip_output)
     size = _parse_input_size(input_size)
     resolved = _resolve(model, checkpoint, trust_checkpoint, False)
-    size = size or default_input_size(resolved.model)
-    _show_plan(resolved.model, _make_plan(resolved.model, config, target, size, target_batch, device), size)
+    size = input_size_for(resolved.model, size)
+    _show_plan(resolved.model, _make_plan(resolved.model, config, target, size, target_batch, device, budget=budget), size)
 
 
 @_command
@@ -668,7 +676,7 @@ def compare_command(
     stand_in = resolved.model if resolved is not None and origin.model_file_missing else None
     converted_model, converted_name, _ = _load_any(converted, None, trust_checkpoint, label="converted", base_model=stand_in)
     recorded = recorded_inputs(converted_path)  # the --input-size/--mean/--std given to convert
-    size = size or recorded["input_size"] or default_input_size(original_model)
+    size = input_size_for(original_model, size or recorded["input_size"])
     with step(stdout, "measuring"):
         report = compare(original_model, converted_model, input_size=size, latency=latency, device=device,
                          original_name=original_name, converted_name=converted_name,
@@ -713,7 +721,7 @@ def sweep(
     if output is not None:  # before the slow work, not after it
         check_output_path(output, force=force, inputs=[model.rpartition(":")[0], checkpoint])
     resolved = _resolve(model, checkpoint, trust_checkpoint, False)
-    size = size or default_input_size(resolved.model)
+    size = input_size_for(resolved.model, size)
     models: dict[int, nn.Module] = {}
     with step(stdout, f"converting and measuring at ratios {', '.join(map(str, ratio_list))}"):
         report = sweep_ratios(resolved.model, ratio_list, size, config=config, latency=latency, device=device,
@@ -740,6 +748,7 @@ def bench_command(
     compiled: Annotated[bool, _flag("--compile", help="Also time both models under torch.compile (default: eager only).")] = False,
     repeats: Annotated[int, _value("--repeats", metavar="N", min=3, help="Timed runs per model and setting, interleaved; e.g. --repeats 50 (default 30).")] = 30,
     device: DeviceOpt = "cpu",
+    deploy: DeployOpt = False,
 ) -> None:
     """Time the converted model against the original: medians of interleaved runs per batch size, eager and compiled."""
     sizes = _parse_input_size(input_size)
@@ -761,7 +770,10 @@ def bench_command(
         with step(stdout, "converting"):
             converted = convert_model(resolved.model, GhostConfig(ratio=ratio))
         converted_name = f"{display_spec(resolved.spec)} (ghost s={ratio})"
-    sizes = sizes or default_input_size(resolved.model)
+    sizes = input_size_for(resolved.model, sizes)
+    if deploy:
+        converted = _deployed(converted)
+        converted_name += " (deploy form)"
     with step(stdout, "timing"):
         report = bench(resolved.model, converted, sizes, batch_sizes=batches, device=device, compiled=compiled,
                        repeats=repeats, original_name=display_spec(resolved.spec), converted_name=converted_name)

@@ -49,7 +49,7 @@ def _recorded_plan(model: nn.Module, plan: ConversionPlan) -> ConversionPlan:
 
 def convert(model: nn.Module, config: GhostConfig | None = None, *, plan: ConversionPlan | None = None,
             **options: Any) -> nn.Module:
-    """A copy of ``model`` whose eligible ``Conv2d`` layers are ghost modules; ``model`` is untouched.
+    """A copy of ``model`` whose eligible conv layers (``Conv1d``, ``Conv2d``, ``Conv3d``) are ghost modules; ``model`` is untouched.
 
     Example: ``ghostify.convert(model, ratio=2, dw_size=3, exclude=["conv1"])``. The plan that
     was applied (with each layer's weight-fit error) is on the result as ``.ghostify_plan``.

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import GhostifyError
+from .ghost_module import first_conv_dims
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,9 +53,23 @@ class InputPipeline:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> InputPipeline:
-        """timm's data config when ``model`` has one; explicit arguments win over it."""
+        """timm's data config when ``model`` has one; explicit arguments win over it.
+
+        ``DataError`` for a model that does not take images: one whose first conv is a ``Conv1d``
+        (C,L inputs) or ``Conv3d`` (C,T,H,W), or an ``input_size`` that is not C,H,W.
+        """
+        dims = first_conv_dims(model)
+        if dims not in (None, 2):
+            kind = "Conv1d, so it takes C,L inputs" if dims == 1 else "Conv3d, so it takes C,T,H,W inputs (video)"
+            raise DataError(
+                f"ghostify reads --data as images (C,H,W), but this model's first conv is a {kind}. Measuring accuracy, "
+                "calibrating and distilling from image folders work on image models; in Python, pass ghostify.distill "
+                "a Dataset of the model's own inputs instead."
+            )
         config = dict(getattr(model, "pretrained_cfg", None) or {})
         size = tuple(input_size or config.get("input_size") or (3, 224, 224))
+        if len(size) != 3:
+            raise DataError(f"images need an input size of C,H,W (three numbers, e.g. 3,224,224), got {','.join(map(str, size))}.")
         channels = size[0]
         mean = tuple(mean or config.get("mean") or (IMAGENET_MEAN if channels == 3 else (0.5,) * channels))
         std = tuple(std or config.get("std") or (IMAGENET_STD if channels == 3 else (0.5,) * channels))

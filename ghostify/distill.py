@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from .calibrate import check_teacher_fits, reconstruction_blocks
 from .data import InputPipeline, as_dataset, check_labels, sample_seed
 from .errors import ConfigError, GhostifyError
-from .ghost_module import GhostConv2d
+from .ghost_module import is_ghost_module
 from .measure import resolve_device
 
 CHECKPOINT_FORMAT = "ghostify.distill-checkpoint"
@@ -184,7 +184,7 @@ def _all_reduce_mean(values: torch.Tensor, world: _World) -> torch.Tensor:
 
 def feature_points(student: nn.Module) -> list[str]:
     """Names of the modules whose outputs are matched: the blocks that hold ghost modules."""
-    names = [name for name, module in student.named_modules() if isinstance(module, GhostConv2d)]
+    names = [name for name, module in student.named_modules() if is_ghost_module(module)]
     return reconstruction_blocks(student, names)
 
 
@@ -363,10 +363,10 @@ def distill(
     """
     config = dataclasses.replace(config or DistillConfig(), **options) if options else (config or DistillConfig())
     world = _setup_world(device)
-    names = [name for name, module in student.named_modules() if isinstance(module, GhostConv2d)]
+    names = [name for name, module in student.named_modules() if is_ghost_module(module)]
     check_teacher_fits(student, teacher, names)
-    if pipeline is None:
-        pipeline = InputPipeline.for_model(teacher)
+    if pipeline is None and not (isinstance(data, Dataset) and (val_data is None or isinstance(val_data, Dataset))):
+        pipeline = InputPipeline.for_model(teacher)  # images from folders (a Dataset needs none)
     dataset = as_dataset(data, pipeline, train=True, seed=config.seed)
     val_dataset = as_dataset(val_data, pipeline) if val_data is not None else None
     if len(dataset) == 0:

@@ -77,6 +77,8 @@ def image_folder(
     root = Path(root)
     if not root.is_dir():
         raise GhostifyError(f"no such data directory: {root}; pass an ImageFolder root (one sub-folder of images per class).")
+    if len(input_size) != 3:
+        raise GhostifyError(f"images need an input size of C,H,W (three numbers, e.g. 3,224,224), got {','.join(map(str, input_size))}.")
     channels, height, width = input_size
     steps = [transforms.Resize((height, width))]
     if channels == 1:

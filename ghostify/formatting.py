@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import textwrap
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 from .errors import ConfigError
 
 _DECIMAL_PREFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"))
+# the layout of an input size (without the batch) by how many numbers it has: a 1-D signal, an image, a video
+INPUT_LAYOUTS = {2: "C,L", 3: "C,H,W", 4: "C,T,H,W"}
 _BINARY_UNITS = ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"))
 MISSING = "-"
 
@@ -118,3 +121,23 @@ def parse_whole_numbers(text: str | Iterable[int], name: str, minimum: int, exam
     if not numbers or any(n < minimum for n in numbers):
         raise ConfigError(f"{name} must be whole numbers >= {minimum}, such as {example}; got {text!r}.")
     return numbers
+
+
+def parse_input_size(text: str | None) -> tuple[int, ...] | None:
+    """``--input-size`` as whole numbers (without the batch); None when not given.
+
+    ``S`` is a 3xSxS image, ``(3, S, S)``; otherwise the numbers as given: ``C,H,W`` (an image),
+    ``C,L`` (a 1-D signal) or ``C,T,H,W`` (a video). Which layout fits depends on the model: check
+    with ``ghostify.models.input_size_for`` once it is built (two numbers are ambiguous for an
+    image model). Commas, ``x`` or spaces separate the numbers. ``ConfigError`` for anything else.
+    """
+    if text is None:
+        return None
+    parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
+    if not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts) or len(parts) not in INPUT_LAYOUTS.keys() | {1}:
+        raise ConfigError(
+            f"--input-size must be S (a 3xSxS image, e.g. 224) or C,H,W (e.g. 3,224,224), every number >= 1 "
+            f"(C,L for a model whose first conv is a Conv1d, e.g. 1,16000; C,T,H,W for a Conv3d, e.g. 3,16,112,112); got {text!r}."
+        )
+    values = tuple(int(p) for p in parts)
+    return (3, values[0], values[0]) if len(values) == 1 else values

@@ -1,7 +1,8 @@
 """The graph pass: find every conv a model runs (torch.fx), then swap in ghost modules.
 
 Analysis traces the model with torch.fx so that it sees what ``forward`` really does: which
-convs are called and how often, which one runs first (the stem), and functional ``conv2d``
+convs (``Conv1d``, ``Conv2d``, ``Conv3d``; transposed convs are listed and kept) are called and
+how often, which one runs first (the stem), and functional ``conv1d``/``conv2d``/``conv3d``
 calls that no module walk would find. timm's not-traceable modules and functions are kept as
 leaves. When FX cannot trace a model (data-dependent control flow, say), analysis falls back to
 walking ``named_modules()`` and says so in the plan.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,51 +25,69 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.nn.utils import parametrize
 
-from .conv_equivalent import computes_plain_conv, equivalent_conv
-from .ghost_module import GhostConv2d, GhostConv2dBNReLU
-from .selection import ConversionPlan, ConvSite
+from .conv_equivalent import base_conv_type, computes_plain_conv, equivalent_conv
+from .ghost_module import (
+    CONV_TYPES, GHOST_MODULE_TYPES, LINEAR_GHOSTS, PAPER_GHOSTS, TRANSPOSED_CONV_TYPES, conv_dims,
+)
+from .selection import ConversionPlan, ConvSite, conv_kind
 from .weight_transfer import transfer_weights
 
-GHOST_MODULE_TYPES: tuple[type[nn.Module], ...] = (GhostConv2d,)
-_FUNCTIONAL_CONVS = (F.conv2d, torch.conv2d)
+# Every conv class the analysis lists: the forward convs a ghost module can replace, and the transposed ones it cannot
+_CONV_MODULES: tuple[type[nn.Module], ...] = (*CONV_TYPES.values(), *TRANSPOSED_CONV_TYPES)
+# functional conv -> (its name, transposed)
+_FUNCTIONAL_CONVS: dict[Callable, tuple[str, bool]] = {}
+for _name in ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"):
+    for _function in (getattr(F, _name), getattr(torch, _name)):
+        _FUNCTIONAL_CONVS[_function] = (_name, _name.startswith("conv_transpose"))
+del _name, _function
 # Ops that mix channels: a conv behind one of them does not produce the model's output directly.
 _MIXING_FUNCTIONS = {
-    F.linear, F.bilinear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose2d, torch.conv2d, torch.matmul, torch.mm,
+    F.linear, F.bilinear, *_FUNCTIONAL_CONVS, torch.matmul, torch.mm,
     torch.bmm, torch.einsum, torch.addmm, torch.baddbmm, operator.matmul, F.scaled_dot_product_attention,
 }
 _MIXING_METHODS = {"matmul", "mm", "bmm", "__matmul__"}
 
-# variant name -> builder(conv, ratio, dw_size, transfer) -> (module, fit_error or None)
-VariantBuilder = Callable[[nn.Conv2d, int, int, bool], "tuple[nn.Module, float | None]"]
+# variant name -> builder(conv, ratio, dw_size, transfer) -> (module, fit_error or None); conv is an
+# nn.Conv1d, nn.Conv2d or nn.Conv3d with groups == 1, of a number of spatial dims the variant registered
+VariantBuilder = Callable[[nn.Module, int, int, bool], "tuple[nn.Module, float | None]"]
 VARIANTS: dict[str, VariantBuilder] = {}
 TRANSFERS_WEIGHTS: dict[str, bool] = {}  # variant -> whether its modules can start from the original weights
+VARIANT_DIMS: dict[str, tuple[int, ...]] = {}  # variant -> the spatial dims of the convs it builds ghost modules for
 
 
-def register_variant(name: str, *, transfers_weights: bool = True) -> Callable[[VariantBuilder], VariantBuilder]:
+def register_variant(
+    name: str, *, transfers_weights: bool = True, dims: Sequence[int] = (2,),
+) -> Callable[[VariantBuilder], VariantBuilder]:
     """Register a ghost-module builder under ``name`` (selectable with ``GhostConfig.variant``).
 
     ``transfers_weights``: the builder can start a module from the original conv's weights
     (``init="transfer"``); if not, its modules start random and ``init`` defaults to ``"random"``.
+    ``dims``: the convs the builder handles, by spatial dimensions (1: ``Conv1d``, 2: ``Conv2d``,
+    3: ``Conv3d``); convs of other dims are kept, with the reason. Default: ``Conv2d`` only.
     """
+    dims = tuple(sorted(set(dims)))
+    if not dims or any(d not in CONV_TYPES for d in dims):
+        raise ValueError(f"dims must be some of 1, 2, 3 (Conv1d, Conv2d, Conv3d), got {dims!r}")
 
     def decorate(builder: VariantBuilder) -> VariantBuilder:
         VARIANTS[name] = builder
         TRANSFERS_WEIGHTS[name] = transfers_weights
+        VARIANT_DIMS[name] = dims
         return builder
 
     return decorate
 
 
-@register_variant("linear")
-def _build_linear(conv: nn.Conv2d, ratio: int, dw_size: int, transfer: bool) -> tuple[nn.Module, float | None]:
-    ghost = GhostConv2d.like(conv, ratio, dw_size)
+@register_variant("linear", dims=(1, 2, 3))
+def _build_linear(conv: nn.Module, ratio: int, dw_size: int, transfer: bool) -> tuple[nn.Module, float | None]:
+    ghost = LINEAR_GHOSTS[conv_dims(conv)].like(conv, ratio, dw_size)
     return ghost, transfer_weights(conv, ghost) if transfer else None
 
 
-@register_variant("paper-bn-relu", transfers_weights=False)
-def _build_paper(conv: nn.Conv2d, ratio: int, dw_size: int, transfer: bool) -> tuple[nn.Module, float | None]:
+@register_variant("paper-bn-relu", transfers_weights=False, dims=(1, 2, 3))
+def _build_paper(conv: nn.Module, ratio: int, dw_size: int, transfer: bool) -> tuple[nn.Module, float | None]:
     # BN and ReLU inside make it non-linear: original weights do not carry over meaningfully.
-    return GhostConv2dBNReLU.like(conv, ratio, dw_size), None
+    return PAPER_GHOSTS[conv_dims(conv)].like(conv, ratio, dw_size), None
 
 
 def _timm_notrace() -> tuple[set[type], set[Callable]]:
@@ -82,14 +101,15 @@ def _timm_notrace() -> tuple[set[type], set[Callable]]:
 class GhostifyTracer(fx.Tracer):
     """FX tracer that keeps convs, ghost modules and timm's not-traceable modules as leaves.
 
-    Every ``Conv2d`` is a leaf, subclasses included (FX would otherwise trace into a subclass
-    defined outside ``torch.nn`` and see only a functional ``conv2d`` on its weight).
+    Every conv (``Conv1d``/``2d``/``3d`` and the transposed ones) is a leaf, subclasses included (FX
+    would otherwise trace into a subclass defined outside ``torch.nn`` and see only a functional
+    ``conv2d`` on its weight).
     """
 
     def __init__(self) -> None:
         leaf_modules, functions = _timm_notrace()
         super().__init__(autowrap_functions=tuple(functions))
-        self._leaf_types = tuple(leaf_modules) + GHOST_MODULE_TYPES + (nn.Conv2d,)
+        self._leaf_types = tuple(leaf_modules) + GHOST_MODULE_TYPES + _CONV_MODULES
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return isinstance(m, self._leaf_types) or super().is_leaf_module(m, module_qualified_name)
@@ -143,14 +163,15 @@ def _inside_ghost(name: str, ghost_prefixes: list[str]) -> bool:
     return any(name.startswith(prefix + ".") for prefix in ghost_prefixes)
 
 
-def _unsupported(conv: nn.Conv2d) -> str | None:
+def _unsupported(conv: nn.Module) -> str | None:
     """Why a ghost module cannot stand in for ``conv`` without changing or dropping what it does; None if it can."""
     cls = type(conv).__name__
     if isinstance(conv, nn.modules.lazy.LazyModuleMixin) and conv.has_uninitialized_params():
         return f"{cls} is not initialised yet; run one forward pass before converting"
+    base = base_conv_type(conv)
     if not computes_plain_conv(conv) and equivalent_conv(conv) is None:  # weight standardisation is fine
-        method = "forward" if type(conv).forward is not nn.Conv2d.forward else "_conv_forward"
-        return f"{cls} overrides Conv2d.{method}; a ghost module would change what it computes"
+        method = "forward" if type(conv).forward is not base.forward else "_conv_forward"
+        return f"{cls} overrides {base.__name__}.{method}; a ghost module would change what it computes"
     if parametrize.is_parametrized(conv):
         return "its weight is parametrized (weight_norm, spectral_norm, ...); a ghost module would drop that"
     if conv._forward_hooks or conv._forward_pre_hooks:
@@ -158,28 +179,34 @@ def _unsupported(conv: nn.Conv2d) -> str | None:
     return None
 
 
-def _module_site(name: str, conv: nn.Conv2d, call_sites: int, aliases: list[str]) -> ConvSite:
+def _module_site(name: str, conv: nn.Module, call_sites: int, aliases: list[str]) -> ConvSite:
+    transposed = isinstance(conv, TRANSPOSED_CONV_TYPES)
     return ConvSite(
         name=name, kind="module", in_channels=conv.in_channels, out_channels=conv.out_channels,
         kernel_size=tuple(conv.kernel_size), stride=tuple(conv.stride), dilation=tuple(conv.dilation),
         groups=conv.groups, bias=conv.bias is not None, call_sites=call_sites,
         aliases=[a for a in aliases if a != name],
-        unsupported=_unsupported(conv),
+        unsupported=None if transposed else _unsupported(conv), transposed=transposed,
     )
 
 
 def _functional_site(node: fx.Node, params: dict[str, nn.Parameter]) -> ConvSite:
-    args = dict(zip(("input", "weight", "bias", "stride", "padding", "dilation", "groups"), node.args))
+    op, transposed = _FUNCTIONAL_CONVS[node.target]
+    names = ("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation") if transposed else \
+        ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    args = dict(zip(names, node.args))
     args.update(node.kwargs)
     weight_node = args.get("weight")
     weight = params.get(weight_node.target) if isinstance(weight_node, fx.Node) and weight_node.op == "get_attr" else None
     groups = args.get("groups", 1) if isinstance(args.get("groups", 1), int) else 1
     name = f"{weight_node.target} (functional)" if weight is not None else f"{node.name} (functional)"
     shape = tuple(weight.shape) if weight is not None else None
+    # a conv weight is (out, in / groups, *kernel); a transposed conv's is (in, out / groups, *kernel)
+    in_channels, out_channels = ((shape[0], shape[1] * groups) if transposed else (shape[1] * groups, shape[0])) if shape else (None, None)
     return ConvSite(
-        name=name, kind="functional",
-        in_channels=shape[1] * groups if shape else None, out_channels=shape[0] if shape else None,
+        name=name, kind="functional", in_channels=in_channels, out_channels=out_channels,
         kernel_size=shape[2:] if shape else None, groups=groups, bias=args.get("bias") is not None,
+        transposed=transposed, op=op,
     )
 
 
@@ -196,18 +223,17 @@ _REPARAMETERISE_METHODS = ("fuse", "reparameterize", "switch_to_deploy")  # what
 
 def _mark_reparameterisable(model: nn.Module, sites: list[ConvSite]) -> None:
     """Keep the convs of re-parameterisable blocks (RepVGG, MobileOne, FastViT) not fused yet: fusing reads their
-    weights. The ``reparam_conv`` of a fused timm block converts (its ``reparameterize()`` then does nothing)."""
+    weights. In a fused timm block (one with a ``reparam_conv``) every conv converts, its ``reparam_conv`` and any
+    other (an SE's): its ``reparameterize()`` then returns at once."""
     for site in sites:
-        if site.kind != "module" or site.unsupported:
+        if site.kind != "module" or site.unsupported or site.transposed:
             continue
-        conv = model.get_submodule(site.name)
         parts = site.name.split(".")
         for depth in range(len(parts) - 1, -1, -1):
             block_name = ".".join(parts[:depth])
             block = model.get_submodule(block_name)
             method = next((m for m in _REPARAMETERISE_METHODS if callable(getattr(block, m, None))), None)
-            fused = getattr(block, "reparam_conv", None)
-            if isinstance(fused, nn.Module) and any(m is conv for m in fused.modules()):
+            if isinstance(getattr(block, "reparam_conv", None), nn.Module):
                 break
             if method is not None:
                 where = f"{block_name} ({type(block).__name__})" if block_name else type(block).__name__
@@ -234,7 +260,7 @@ def _conv_sites(model: nn.Module) -> tuple[list[ConvSite], str, str | None]:
     aliases = _alias_map(model)
     modules = dict(model.named_modules())
     ghost_prefixes = [n for n, m in modules.items() if isinstance(m, GHOST_MODULE_TYPES)]
-    convs = {n: m for n, m in modules.items() if isinstance(m, nn.Conv2d) and not _inside_ghost(n, ghost_prefixes)}
+    convs = {n: m for n, m in modules.items() if isinstance(m, _CONV_MODULES) and not _inside_ghost(n, ghost_prefixes)}
     try:
         graph = trace(model)
     except Exception as err:  # FX raises many types for untraceable code; any means "fall back"
@@ -287,7 +313,7 @@ def _mixes_channels(module: nn.Module) -> bool:
     return any(isinstance(p, nn.parameter.UninitializedParameter) or p.dim() >= 2 for p in module.parameters())
 
 
-def _output_convs(graph: fx.Graph, modules: dict[str, nn.Module], convs: dict[str, nn.Conv2d]) -> set[str]:
+def _output_convs(graph: fx.Graph, modules: dict[str, nn.Module], convs: dict[str, nn.Module]) -> set[str]:
     """Names of the convs whose outputs reach the model's output through channel-wise ops only.
 
     Walks back from the graph's output through activations, BatchNorm, pooling, resizing, flattening
@@ -322,8 +348,9 @@ def apply_plan(model: nn.Module, plan: ConversionPlan, *, transfer: bool) -> Non
     dw_size = plan.config.dw_size
     for layer in plan.converted:
         conv = model.get_submodule(layer.name)
-        if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f"{layer.name} is a {type(conv).__name__}, not the Conv2d the plan expects")
+        dims = len(layer.kernel_size) if layer.kernel_size else 2
+        if not isinstance(conv, CONV_TYPES.get(dims, nn.Conv2d)):
+            raise TypeError(f"{layer.name} is a {type(conv).__name__}, not the {conv_kind(dims)} the plan expects")
         plain = equivalent_conv(conv)  # a weight-standardised conv: the conv it computes
         if plain is None:
             raise TypeError(f"{layer.name} ({type(conv).__name__}) computes no plain convolution; the plan should keep it")

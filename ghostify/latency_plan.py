@@ -5,12 +5,18 @@ Fewer MACs is not less time (depthwise convs and the channel gather are memory-b
 module, on the device and batch size the model will run at, with the input that layer sees in
 the model, and keeps every layer whose ghost module is not faster. The timings stay on the plan
 (``LayerPlan.latency_ms``), and a kept layer's reason says them.
+
+A ``Budget`` trades the two: ``macs=0.6`` converts, after the faster layers, the slower ones that
+cost the least time per MAC saved until the model's MACs are at most 60 % of the original's;
+``latency=1.1`` converts slower layers in the same order while the timed layers together take at
+most 110 % of their time as convs (below 1, only a plan at least that fast is accepted).
 """
 
 from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,12 +25,48 @@ from torch import nn
 from .config import GhostConfig
 from .conv_equivalent import equivalent_conv
 from .convert import plan_conversion
+from .deploy import DeployedGhostConv2d
+from .ghost_module import GhostConv2d
 from .graph_pass import VARIANTS
-from .measure import example_input, observe_modules, resolve_device, time_interleaved
-from .selection import ConversionPlan
+from .errors import ConfigError
+from .measure import count_macs, example_input, layer_macs, observe_modules, resolve_device, time_interleaved
+from .selection import ConversionPlan, LayerPlan
 
 # (conv, ghost module, input, device) -> (conv ms, ghost ms); tests pass a fake one
 LayerTimer = Callable[[nn.Module, nn.Module, torch.Tensor, torch.device], "tuple[float, float]"]
+
+
+BUDGET_KINDS = ("macs", "latency")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a latency-aware plan must reach: the model's MACs (``macs``) or the timed layers' time
+    (``latency``) as a fraction of the original's."""
+
+    kind: str
+    fraction: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in BUDGET_KINDS:
+            raise ConfigError(f"budget kind must be macs or latency, got {self.kind!r}; e.g. --budget macs=0.6.")
+        if not 0 < self.fraction or (self.kind == "macs" and self.fraction > 1):
+            raise ConfigError(f"a {self.kind} budget is a fraction of the original's, such as 0.6, got {self.fraction!r}.")
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        """``'macs=0.6'`` or ``'latency=0.9'`` (a trailing ``%`` divides by 100)."""
+        kind, sep, value = text.partition("=")
+        try:
+            number = float(value.rstrip("%")) / (100 if value.endswith("%") else 1)
+        except ValueError:
+            number = None
+        if not sep or number is None:
+            raise ConfigError(f"--budget expects KIND=FRACTION such as macs=0.6 or latency=0.9, got {text!r}.")
+        return cls(kind.strip(), number)
+
+    def __str__(self) -> str:
+        return f"{self.kind}={self.fraction:g}"
 
 
 def plan_for_latency(
@@ -36,14 +78,19 @@ def plan_for_latency(
     device: str | torch.device = "cpu",
     repeats: int = 15,
     timer: LayerTimer | None = None,
+    deploy: bool = False,
+    budget: Budget | str | None = None,
     **options: Any,
 ) -> ConversionPlan:
     """``plan_conversion(model, config, **options)``, keeping the layers whose ghost module is not faster.
 
     Each candidate layer is timed (median of interleaved runs) as the conv and as a ghost module of
     the same shape on a random input of the shape it gets in ``model`` at ``batch_size``.
-    Apply the result with ``ghostify.convert(model, plan=plan)``.
+    Apply the result with ``ghostify.convert(model, plan=plan)``. ``deploy``: time the ghost module
+    in the form ``ghostify.deploy`` gives it (no channel gather), for a model that will be deployed.
+    ``budget``: also convert slower layers until it is met (see the module docstring).
     """
+    budget = Budget.parse(budget) if isinstance(budget, str) else budget
     plan = plan_conversion(model, config, **options)
     target = resolve_device(device)
     shapes = _input_shapes(model, [layer.name for layer in plan.converted], example_input(tuple(input_size), batch_size))
@@ -53,14 +100,54 @@ def plan_for_latency(
     for layer in plan.converted:
         conv = equivalent_conv(model.get_submodule(layer.name))
         ghost, _ = build(conv, layer.ratio, plan.config.dw_size, False)  # random weights: timing only
+        if deploy and type(ghost) is GhostConv2d:
+            ghost = DeployedGhostConv2d.empty_like(ghost, gather=False)
         x = torch.randn(shapes[layer.name], generator=generator)
-        conv_ms, ghost_ms = time_pair(conv, ghost, x, target)
-        layer.latency_ms = [conv_ms, ghost_ms]
-        if ghost_ms >= conv_ms:
+        layer.latency_ms = list(time_pair(conv, ghost, x, target))
+    candidates = list(plan.converted)
+    chosen = _within_budget(model, plan, candidates, budget, input_size) if budget else set()
+    for layer in candidates:
+        conv_ms, ghost_ms = layer.latency_ms
+        if ghost_ms >= conv_ms and layer.name not in chosen:
             layer.convert, layer.ratio, layer.intrinsic_channels = False, 1, None
             layer.reason = (f"slower as a ghost module: {ghost_ms:.3g} ms vs {conv_ms:.3g} ms as a conv "
                             f"(batch {batch_size}, {target})")
     return plan
+
+
+def _within_budget(model: nn.Module, plan: ConversionPlan, candidates: list[LayerPlan], budget: Budget,
+                   input_size: Sequence[int]) -> set[str]:
+    """The slower layers to convert as well to meet ``budget``: least time lost per MAC saved first."""
+    one = example_input(tuple(input_size), 1)
+    macs = layer_macs(model, plan, one)
+    saved = {layer.name: macs[layer.name][0] - macs[layer.name][1] for layer in candidates if layer.name in macs}
+    slower = sorted((layer for layer in candidates if layer.latency_ms[1] >= layer.latency_ms[0] and saved.get(layer.name, 0) > 0),
+                    key=lambda layer: (layer.latency_ms[1] - layer.latency_ms[0]) / saved[layer.name])
+    faster = [layer for layer in candidates if layer.latency_ms[1] < layer.latency_ms[0]]
+    chosen: set[str] = set()
+    if budget.kind == "macs":
+        total = count_macs(model, one).total
+        remaining = total - sum(saved.get(layer.name, 0) for layer in faster)
+        for layer in slower:
+            if remaining <= budget.fraction * total:
+                break
+            chosen.add(layer.name)
+            remaining -= saved[layer.name]
+        if remaining > budget.fraction * total:
+            raise ConfigError(f"--budget {budget} cannot be met: converting every eligible layer leaves "
+                              f"{remaining / total:.0%} of the MACs; raise the budget or the ratio.")
+        return chosen
+    conv_time = sum(layer.latency_ms[0] for layer in candidates)
+    time = sum(min(layer.latency_ms) for layer in candidates)
+    if time > budget.fraction * conv_time:
+        raise ConfigError(f"--budget {budget} cannot be met: the fastest plan takes {time / conv_time:.0%} of the "
+                          "timed layers' time as convs; raise the budget.")
+    for layer in slower:
+        extra = layer.latency_ms[1] - layer.latency_ms[0]
+        if time + extra <= budget.fraction * conv_time:
+            chosen.add(layer.name)
+            time += extra
+    return chosen
 
 
 def _input_shapes(model: nn.Module, names: Sequence[str], inputs: torch.Tensor) -> dict[str, torch.Size]:

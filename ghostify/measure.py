@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from .errors import GhostifyError
+from .formatting import INPUT_LAYOUTS
+from .ghost_module import CONV_TYPES, TRANSPOSED_CONV_TYPES
 
 ModelInput = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -66,9 +68,10 @@ def check_runs(model: nn.Module, inputs: torch.Tensor) -> None:
     except Exception as err:  # the model's own code raises anything: all mean "wrong input"
         first_line = (str(err).splitlines() or [""])[0][:300]
         size = ",".join(map(str, inputs.shape[1:]))
+        layout = INPUT_LAYOUTS.get(inputs.dim() - 1, "C,H,W")
         raise GhostifyError(
-            f"the model failed on an input of size {size} (C,H,W) ({type(err).__name__}: {first_line}). "
-            "Pass --input-size C,H,W (input_size= in Python) matching what the model expects."
+            f"the model failed on an input of size {size} ({layout}) ({type(err).__name__}: {first_line}). "
+            f"Pass --input-size {layout} (input_size= in Python) matching what the model expects."
         ) from None
     finally:
         model.train(was_training)
@@ -104,7 +107,7 @@ class MacCount:
     ``by_module`` of a module includes its submodules; ``by_module_operator`` splits it by fvcore
     operator (``conv``, ``batch_norm``, ...). ``unsupported_ops`` maps an op fvcore has no formula
     for (``aten::add_``, ``aten::index_select``, ...) to how often it ran uncounted.
-    ``conv_modules`` names the model's ``nn.Conv2d`` modules (see ``of_layer``).
+    ``conv_modules`` names the model's conv modules (``nn.Conv1d``/``2d``/``3d`` and transposed; see ``of_layer``).
     """
 
     total: int
@@ -124,7 +127,7 @@ class MacCount:
     def of_layer(self, module: str) -> int | None:
         """MACs of the layer at ``module``, or None if fvcore does not know that name.
 
-        A ``nn.Conv2d`` module costs its convolution alone; ops it runs on its own weights do not
+        A conv module (``nn.Conv2d``, ``nn.Conv1d``, ...) costs its convolution alone; ops it runs on its own weights do not
         count (timm's ``StdConv2d`` / ``ScaledStdConv2d`` standardise the weight with a
         ``batch_norm`` in every forward pass, which fvcore counts inside the module: see
         ``weight_op_macs``). Any other module (a ghost module) costs everything fvcore counts in it.
@@ -139,6 +142,9 @@ class MacCount:
         """MACs fvcore counts in ``module`` beyond ``of_layer``: a conv's ops on its own weights."""
         layer = self.of_layer(module)
         return 0 if layer is None else self.by_module[module] - layer
+
+
+_CONV_MODULES = (*CONV_TYPES.values(), *TRANSPOSED_CONV_TYPES)
 
 
 def _flop_count_analysis() -> type:
@@ -181,7 +187,7 @@ def count_macs(model: nn.Module, example_input: ModelInput) -> MacCount:
                     name: {op: int(v) for op, v in ops.items() if v}
                     for name, ops in analysis.by_module_and_operator().items()
                 },
-                conv_modules=[name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)],
+                conv_modules=[name for name, module in model.named_modules() if isinstance(module, _CONV_MODULES)],
             )
     finally:
         model.train(was_training)
@@ -372,25 +378,34 @@ def layer_macs(model: nn.Module, plan: Any, example_input: ModelInput) -> dict[s
     """Per conv layer of ``plan`` (a ``ConversionPlan`` of the unconverted ``model``): MACs now and as planned.
 
     One forward pass records the output size of every call of each conv; the ghost MACs follow
-    from the module's shape (primary conv to ``ceil(n/s)`` maps, depthwise ``d x d`` cheap conv), so
-    ``inspect`` can show what a plan saves without converting anything. Kept layers cost the same.
+    from the module's shape (primary conv to ``ceil(n/s)`` maps, depthwise cheap conv with a ``d``,
+    ``d x d`` or ``d x d x d`` kernel), so ``inspect`` can show what a plan saves without converting
+    anything. Kept layers cost the same. A transposed conv costs its kernel at every *input* position.
     """
-    pixels: dict[str, int] = {}
+    positions: dict[str, int] = {}  # output positions (input positions for a transposed conv), all calls
+    transposed = {name for name, module in model.named_modules() if isinstance(module, TRANSPOSED_CONV_TYPES)}
+    dims = {layer.name: len(layer.kernel_size) for layer in plan.layers if layer.kind == "module"}
 
     def record(name: str, args: tuple, output: torch.Tensor) -> None:
-        pixels[name] = pixels.get(name, 0) + output.shape[-2] * output.shape[-1]
+        spatial = (args[0] if name in transposed else output).shape[-dims[name]:]
+        positions[name] = positions.get(name, 0) + math.prod(spatial)
 
-    observe_modules(model, [layer.name for layer in plan.layers if layer.kind == "module"], example_input, record)
-    dw_area = plan.config.dw_size ** 2
+    observe_modules(model, list(dims), example_input, record)
     result = {}
     for layer in plan.layers:
-        if layer.name not in pixels:
+        if layer.name not in positions:
             continue
-        per_pixel = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
-        before = pixels[layer.name] * layer.out_channels * per_pixel
+        if layer.name in transposed:  # weight (in, out / groups, *kernel)
+            per_position = layer.out_channels // layer.groups * math.prod(layer.kernel_size)
+            before = positions[layer.name] * layer.in_channels * per_position
+            result[layer.name] = (before, before)
+            continue
+        per_position = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+        before = positions[layer.name] * layer.out_channels * per_position
         after = before
         if layer.convert:
             intrinsic = layer.intrinsic_channels
-            after = pixels[layer.name] * (intrinsic * per_pixel + intrinsic * (layer.ratio - 1) * dw_area)
+            dw_volume = plan.config.dw_size ** len(layer.kernel_size)
+            after = positions[layer.name] * (intrinsic * per_position + intrinsic * (layer.ratio - 1) * dw_volume)
         result[layer.name] = (before, after)
     return result

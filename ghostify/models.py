@@ -32,8 +32,9 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, load_state_dict_into
-from .errors import ModelSpecError
-from .formatting import display_path
+from .errors import ConfigError, ModelSpecError
+from .formatting import INPUT_LAYOUTS, display_path
+from .ghost_module import conv_dims, first_conv, first_conv_dims
 
 SPEC_HINT = "use timm:NAME, torchvision:NAME or path/to/file.py:function"
 DEFAULT_SEED = 0  # the seed models are built under: random weights are reproducible
@@ -363,10 +364,48 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
-def default_input_size(model: nn.Module) -> tuple[int, int, int]:
-    """The (C, H, W) a model expects: timm's ``pretrained_cfg['input_size']`` when it has one, else 3x224x224."""
+# the default size (without channels) of a model's inputs, by the spatial dims of its first conv
+_DEFAULT_EXTENT = {1: (224,), 2: (224, 224), 3: (16, 112, 112)}
+
+
+def default_input_size(model: nn.Module) -> tuple[int, ...]:
+    """The input size (without the batch) a model expects: timm's ``pretrained_cfg['input_size']``
+    (or a ``default_cfg``'s) when it has one; else by its first conv: 3x224x224 for an image model
+    (``Conv2d``, or no conv), ``(C, 224)`` for a ``Conv1d`` and ``(C, 16, 112, 112)`` (frames, height,
+    width) for a ``Conv3d``, ``C`` being that conv's input channels."""
     config = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
     size = config.get("input_size") if isinstance(config, dict) else None
-    if isinstance(size, (tuple, list)) and len(size) == 3:
-        return tuple(int(v) for v in size)  # type: ignore[return-value]
+    if isinstance(size, (tuple, list)) and len(size) in INPUT_LAYOUTS and all(isinstance(v, int) and v > 0 for v in size):
+        return tuple(int(v) for v in size)
+    conv = first_conv(model)
+    dims = conv_dims(conv) if conv is not None else None
+    if dims in (1, 3):
+        return (int(conv.in_channels), *_DEFAULT_EXTENT[dims])
     return (3, 224, 224)
+
+
+def input_size_for(model: nn.Module, given: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The input size (without the batch) to run ``model`` at: ``given`` (``--input-size``, parsed by
+    ``formatting.parse_input_size``) if it has the layout the model's first conv takes (C,L for a
+    ``Conv1d``, C,H,W for a ``Conv2d``, C,T,H,W for a ``Conv3d``), else ``default_input_size(model)``
+    when nothing is given. ``ConfigError`` with an example that fits when ``given`` does not."""
+    if given is None:
+        return default_input_size(model)
+    given = tuple(int(v) for v in given)
+    dims = first_conv_dims(model)
+    if dims is None or len(given) == dims + 1:
+        return given
+    text = ",".join(map(str, given))
+    if dims == 2 and len(given) == 2:
+        side = given[-1]
+        raise ConfigError(
+            f"--input-size {text} is ambiguous (C,H or H,W?): give S for a 3xSxS image, e.g. --input-size {side}, "
+            f"or all three of C,H,W, e.g. --input-size 3,{side},{side}. (Two numbers are C,L for a model whose first conv is a Conv1d.)"
+        )
+    kind = {1: "Conv1d (a 1-D model)", 2: "Conv2d (an image model)", 3: "Conv3d (a video / 3-D model)"}[dims]
+    example = ",".join(map(str, default_input_size(model)))
+    image = " (S alone means a 3xSxS image)" if len(given) == 3 and given[1] == given[2] else ""
+    raise ConfigError(
+        f"--input-size {text}{image} does not fit this model: its first conv is a {kind}, which takes "
+        f"{INPUT_LAYOUTS[dims + 1]} inputs; e.g. --input-size {example}."
+    )

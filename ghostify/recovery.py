@@ -23,10 +23,11 @@ from torch.utils.data import Dataset
 from .calibrate import calibrate as calibrate_model
 from .calibrate import calibration_layers, check_teacher_fits
 from .data import InputPipeline, as_dataset, check_labels
+from .deploy import get_deploy_record
 from .distill import agreement_and_accuracy, num_classes
 from .distill import distill as distill_model
 from .errors import ConfigError
-from .ghost_module import GhostConv2d
+from .ghost_module import is_ghost_module
 from .measure import resolve_device
 from .progress import calibration_progress, distillation_progress
 from .report import AccuracyStage
@@ -101,10 +102,13 @@ def recover(
     (``checkpoint_file(output)``); ``start_stage`` names the student's state before recovery
     ("converted (data-free)", "saved"). Messages and progress go to ``console`` (none: silent).
     """
+    if get_deploy_record(student) is not None:
+        raise ConfigError("this model is in deploy form (BatchNorms folded into its ghost modules), which is for inference; "
+                          "calibrate or distill the converted model (saved without --deploy), then deploy it.")
     stdout = console if console is not None else Console(quiet=True)
     target = resolve_device(device)
     teacher.eval()
-    check_teacher_fits(student, teacher, [name for name, module in student.named_modules() if isinstance(module, GhostConv2d)])
+    check_teacher_fits(student, teacher, [name for name, module in student.named_modules() if is_ghost_module(module)])
     train = as_dataset([str(p) for p in data], pipeline)  # missing / empty / too small images fail here, before any work
     val = as_dataset([str(p) for p in val_data], pipeline) if val_data else None
     student.to(target), teacher.to(target)

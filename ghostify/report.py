@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from . import report_render as render
 from .convert import get_plan
+from .deploy import get_deploy_record
 from .errors import GhostifyError
 from .evaluate import AccuracyStats, evaluate
 from .formatting import saving_percent, saving_ratio
@@ -79,6 +80,7 @@ class LayerRow:
     params_after: int | None = None
     macs_before: int | None = None
     macs_after: int | None = None
+    latency_ms: list[float] | None = None  # [conv, ghost module] medians timed by --target latency
 
     @property
     def macs_saved(self) -> int | None:
@@ -330,6 +332,14 @@ def weight_op_macs(rows: Sequence[LayerRow], macs: MacCount) -> int:
     return sum(macs.weight_op_macs(row.name) for row in rows if row.kind == "module")
 
 
+def folded_norm_macs(converted: nn.Module, before: MacCount) -> int:
+    """fvcore's MACs of the original's BatchNorms that ``ghostify.deploy`` folded into ghost modules."""
+    record = get_deploy_record(converted)
+    if record is None:
+        return 0
+    return sum(before.of_layer(layer.folded_norm) or 0 for layer in record.layers if layer.folded_norm is not None)
+
+
 def check_macs(
     rows: Sequence[LayerRow], before: MacCount, after: MacCount, converted: nn.Module
 ) -> tuple[bool, list[str], int, int]:
@@ -369,6 +379,7 @@ def check_macs(
     outside_before, outside_after = before.total - layers_before, after.total - layers_after
     measured_rows = [row for row, _, _ in measured]
     weights_before, weights_after = weight_op_macs(measured_rows, before), weight_op_macs(measured_rows, after)
+    weights_before += folded_norm_macs(converted, before)  # a deploy form computes its folded BatchNorms in the convs
     if outside_before - weights_before != outside_after - weights_after:
         weights = (f", less {weights_before} → {weights_after} spent by conv modules on their own weights"
                    if weights_before or weights_after else "")
@@ -396,6 +407,7 @@ def _layer_row(layer: LayerPlan, original: nn.Module, converted: nn.Module, befo
         fit_error=layer.fit_error, intrinsic_channels=layer.intrinsic_channels, call_sites=layer.call_sites,
         params_before=_module_params(original, layer), params_after=_module_params(converted, layer),
         macs_before=_module_macs(before, layer), macs_after=_module_macs(after, layer),
+        latency_ms=list(layer.latency_ms) if layer.latency_ms else None,
     )
 
 

@@ -137,14 +137,18 @@ def _comparison_section(report: Report, level: int) -> str:
     parts.append(f'<div class="plots">{"".join(figures)}</div>' if figures else "<p>No conv layer MACs to plot.</p>")
     parts.append(f"<{h2}>Conv layers</{h2}>")
     parts.append(f'<p class="legend">{_esc(render.FIT_ERROR_EXPLANATION)}</p>')
+    timed = any(row.latency_ms for row in report.layers)
     headers = ["Layer", "Kind", "In → out", "Kernel / stride", "Ratio", "Params before", "Params after",
-               "MACs before", "MACs after", render.FIT_ERROR_HEADER, "Skipped because"]
+               "MACs before", "MACs after", render.FIT_ERROR_HEADER, *([render.LATENCY_HEADER] if timed else []),
+               "Skipped because"]
     rows = [[row.name, row.kind, channels_text(row), kernel_text(row), str(row.ratio) if row.convert else MISSING,
              human_count(row.params_before), human_count(row.params_after), human_count(row.macs_before),
-             human_count(row.macs_after), fit_text(row.fit_error), "" if row.convert else row.reason or "not selected"]
+             human_count(row.macs_after), fit_text(row.fit_error), *([render.latency_text(row)] if timed else []),
+             "" if row.convert else row.reason or "not selected"]
             for row in report.layers]
     classes = ["" if row.convert else "skipped" for row in report.layers]
-    parts.append(_table(headers, rows, "layers", numeric=(2, 4, 5, 6, 7, 8, 9), row_classes=classes))
+    numeric = (2, 4, 5, 6, 7, 8, 9, 10) if timed else (2, 4, 5, 6, 7, 8, 9)
+    parts.append(_table(headers, rows, "layers", numeric=numeric, row_classes=classes))
     return "\n".join(parts)
 
 

@@ -26,6 +26,7 @@ from .formatting import MISSING, human_bytes, human_count, human_ms, percent_tex
 
 MACS_EXPLANATION = "MACs: multiply-accumulates counted by fvcore; one multiply-add = one MAC."
 FIT_ERROR_HEADER = "Fit err"
+LATENCY_HEADER = "ms conv → ghost"
 FIT_ERROR_EXPLANATION = (f"{FIT_ERROR_HEADER}: relative error of a ghost module's starting weights vs the original "
                          "conv's (data-free fit; 0 = exact).")
 MACS_CHECK_FAILED = "MAC cross-check FAILED"
@@ -89,6 +90,14 @@ def kernel_text(row: Any, slash: str = " / ") -> str:
     if row.stride and len(set(row.stride)) == 1:
         stride = str(row.stride[0])
     return f"{kernel}{slash}{stride}"
+
+
+def latency_text(row: Any) -> str:
+    """A layer's ``--target latency`` timings, ``conv → ghost`` ms, or a dash where it was not timed."""
+    if not row.latency_ms:
+        return MISSING
+    conv_ms, ghost_ms = row.latency_ms
+    return f"{conv_ms:.3g} → {ghost_ms:.3g}"
 
 
 def fit_text(fit_error: float | None) -> str:
@@ -336,6 +345,9 @@ def calibration_summary(report: Report) -> str | None:
         text += "; mean output error " + ", ".join(errors)
     if calibration.get("bn_reestimated"):
         text += f"; {calibration['bn_reestimated']} BatchNorm re-estimated"
+    skipped = calibration.get("skipped")
+    if isinstance(skipped, list) and skipped:
+        text += f"; {plural(len(skipped), 'Conv1d/Conv3d ghost module')} not calibrated (2-D only), kept their data-free start"
     return text + "."
 
 
@@ -440,17 +452,19 @@ def to_markdown(report: Report) -> str:
     lines += [f"- {md_cell(note)}" for note in notes(report)]
     lines += recovery_markdown(report)
     lines += ["", "## Conv layers", "", FIT_ERROR_EXPLANATION, ""]
+    timed = any(row.latency_ms for row in report.layers)
     headers = ["Layer", "Kind", "In → out", "Kernel / stride", "Ratio", "Converted",
-               "Params before", "Params after", "MACs before", "MACs after", FIT_ERROR_HEADER, "Reason"]
+               "Params before", "Params after", "MACs before", "MACs after", FIT_ERROR_HEADER,
+               *([LATENCY_HEADER] if timed else []), "Reason"]
     lines.append("| " + " | ".join(headers) + " |")
-    lines.append("|" + "|".join(["---"] * 6 + ["---:"] * 5 + ["---"]) + "|")
+    lines.append("|" + "|".join(["---"] * 6 + ["---:"] * (6 if timed else 5) + ["---"]) + "|")
     for row in report.layers:
         cells = [
             f"`{row.name}`", row.kind, channels_text(row), kernel_text(row),
             str(row.ratio) if row.convert else MISSING, "yes" if row.convert else "no",
             human_count(row.params_before), human_count(row.params_after),
             human_count(row.macs_before), human_count(row.macs_after),
-            fit_text(row.fit_error), row.reason or "",
+            fit_text(row.fit_error), *([latency_text(row)] if timed else []), row.reason or "",
         ]
         lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"

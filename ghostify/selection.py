@@ -24,12 +24,20 @@ from torch import nn
 
 from .config import GhostConfig
 from .errors import ConfigError, PatternMatchError
-from .ghost_module import intrinsic_channels
+from .ghost_module import CONV_TYPES, intrinsic_channels
+
+TRANSPOSED_REASON = "transposed conv: not eligible (a ghost module is a forward conv)"
+
+
+def conv_kind(dims: int | None, transposed: bool = False) -> str:
+    """``"Conv2d"``, ``"ConvTranspose1d"``, ...: the conv class of a layer with ``dims`` spatial dimensions."""
+    return f"Conv{'Transpose' if transposed else ''}{dims or 2}d"
 
 
 @dataclass
 class ConvSite:
-    """A conv found in the model: a ``Conv2d`` module or a functional ``conv2d`` call."""
+    """A conv found in the model: a ``Conv1d``/``Conv2d``/``Conv3d`` (or transposed) module, or a functional
+    ``conv1d``/``conv2d``/``conv3d`` (or ``conv_transpose*``) call."""
 
     name: str
     kind: str  # "module" or "functional"
@@ -46,6 +54,13 @@ class ConvSite:
     aliases: list[str] = field(default_factory=list)
     unsupported: str | None = None  # why a ghost module cannot stand in for this module (see graph_pass)
     shares_weight_with: str | None = None  # another conv module holding the same weight Parameter
+    transposed: bool = False  # a ConvTranspose module or conv_transpose call: never converted
+    op: str | None = None  # a functional call's function name ("conv2d", "conv_transpose1d", ...)
+
+    @property
+    def dims(self) -> int | None:
+        """Spatial dimensions (1, 2 or 3), from the kernel; None when unknown (a functional call on a computed weight)."""
+        return len(self.kernel_size) if self.kernel_size else None
 
 
 @dataclass
@@ -105,7 +120,7 @@ class ConversionPlan:
         if self.converted:
             return None
         if not self.layers:
-            return "nothing was converted: the model has no Conv2d layer (and no conv2d call)."
+            return "nothing was converted: the model has no conv layer (Conv1d, Conv2d or Conv3d) and no conv call."
         counts = Counter(layer.reason for layer in self.layers)
         reasons = "; ".join(f"{reason} ({n} layer{'s' if n != 1 else ''})" for reason, n in counts.most_common(most))
         more = f"; and {len(counts) - most} other reasons" if len(counts) > most else ""
@@ -141,17 +156,19 @@ class ConversionPlan:
     def base_model_mismatch(self, model: nn.Module) -> str | None:
         """Why ``model`` is not the unconverted model this plan was made for (None if it is).
 
-        Every converted layer must be a ``Conv2d`` of the recorded shape at the recorded name.
+        Every converted layer must be a conv of the recorded class (``Conv1d``/``Conv2d``/``Conv3d``, from
+        the recorded kernel) and shape at the recorded name.
         """
         for layer in self.converted:
             try:
                 conv = model.get_submodule(layer.name)
             except AttributeError:
                 conv = None
+            dims = len(layer.kernel_size) if layer.kernel_size else 2
             found = (getattr(conv, "in_channels", None), getattr(conv, "out_channels", None))
-            if not isinstance(conv, nn.Conv2d) or found != (layer.in_channels, layer.out_channels):
+            if not isinstance(conv, CONV_TYPES.get(dims, nn.Conv2d)) or found != (layer.in_channels, layer.out_channels):
                 what = "nothing" if conv is None else f"a {type(conv).__name__} {found[0]}->{found[1]}"
-                return f"layer {layer.name} should be a Conv2d {layer.in_channels}->{layer.out_channels}, found {what}"
+                return f"layer {layer.name} should be a {conv_kind(dims)} {layer.in_channels}->{layer.out_channels}, found {what}"
         return None
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,12 +261,17 @@ def _check_patterns(config: GhostConfig, names: Sequence[str]) -> None:
             )
 
 
-def _ineligible_reason(site: ConvSite, ratio: int, config: GhostConfig) -> str | None:
+def _ineligible_reason(site: ConvSite, ratio: int, config: GhostConfig, variant_dims: Sequence[int] = (1, 2, 3)) -> str | None:
     """Why ``site`` cannot become a ghost module at ``ratio``, whatever the user selects."""
+    if site.transposed:
+        return TRANSPOSED_REASON
     if site.kind == "functional":
-        return "functional conv2d call: no Conv2d module to replace"
+        return f"functional {site.op or 'conv2d'} call: no {conv_kind(site.dims)} module to replace"
     if site.unsupported:
         return site.unsupported
+    if site.dims is not None and site.dims not in variant_dims:
+        supported = ", ".join(conv_kind(d) for d in sorted(variant_dims)) or "no conv"
+        return f"variant {config.variant!r} builds ghost modules for {supported} only, not {conv_kind(site.dims)}"
     if site.call_sites == 0:
         return "never called in forward()"
     if site.shares_weight_with:
@@ -279,17 +301,21 @@ def _unselected_reason(site: ConvSite, config: GhostConfig) -> tuple[int, str | 
     if config.skip_output and site.is_output:
         return ratio, "produces the model's output (skip_output)"
     if config.skip_pointwise and site.kernel_size is not None and all(k == 1 for k in site.kernel_size):
-        return ratio, "1x1 conv (skip_pointwise)"
+        pointwise = "x".join("1" for _ in site.kernel_size) if len(site.kernel_size) > 1 else "kernel-1"
+        return ratio, f"{pointwise} conv (skip_pointwise)"
     return ratio, None
 
 
 def plan_layers(sites: Sequence[ConvSite], config: GhostConfig, trace: str, trace_note: str | None = None) -> ConversionPlan:
     """Decide every conv site; raises ``PatternMatchError`` before anything is changed."""
+    from .graph_pass import VARIANT_DIMS  # the variant registry lives with the code that builds the modules
+
     _check_patterns(config, [site.name for site in sites])
+    variant_dims = VARIANT_DIMS.get(config.variant, (2,))
     layers = []
     for site in sites:
         ratio, unselected = _unselected_reason(site, config)
-        ineligible = _ineligible_reason(site, ratio, config)
+        ineligible = _ineligible_reason(site, ratio, config, variant_dims)
         reason = ineligible or unselected
         convert = reason is None
         layers.append(

@@ -18,6 +18,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from .convert import PLAN_ATTRIBUTE, copy_model, get_plan
+from .deploy import DeployRecord, apply_deploy_record, get_deploy_record
 from .errors import CheckpointError, GhostifyError, ModelSpecError
 from .graph_pass import apply_plan
 from .models import DEFAULT_SEED, ResolvedModel, canonical_spec, model_file, resolve_model
@@ -68,6 +69,7 @@ def write_model_files(
     if base_seed is not None and (isinstance(base_seed, bool) or not isinstance(base_seed, int)):
         raise GhostifyError(f"base_seed must be a whole number (the seed the base model was built with), got {base_seed!r}.")
     base_file = model_file(base_model) if base_model is not None else None
+    deploy_record = get_deploy_record(model)
     recipe: dict[str, Any] = {
         "format": RECIPE_FORMAT,
         "format_version": RECIPE_VERSION,
@@ -79,6 +81,7 @@ def write_model_files(
         "base_seed": base_seed,
         "inputs": {key: list(value) if value is not None else None for key, value in (inputs or {}).items()},
         "plan": plan.to_dict(),
+        "deploy": deploy_record.to_dict() if deploy_record is not None else None,
     }
     save_model(model, str(directory / WEIGHTS_FILE))
     (directory / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
@@ -258,7 +261,7 @@ def recorded_inputs(directory: str | Path, recipe: dict[str, Any] | None = None)
         value = recorded.get(key)
         ok = isinstance(value, list) and value and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
         found[key] = tuple(value) if ok else None
-    if found["input_size"] is not None and len(found["input_size"]) != 3:
+    if found["input_size"] is not None and len(found["input_size"]) not in (2, 3, 4):  # C,L / C,H,W / C,T,H,W
         found["input_size"] = None
     return found
 
@@ -300,6 +303,8 @@ def load(directory: str | Path, base_model: nn.Module | str | None = None, *, tr
             f"the base model does not match {directory}: {mismatch}. Pass the base model the directory was converted from."
         )
     apply_plan(model, plan, transfer=False)
+    if recipe.get("deploy"):
+        _apply_recorded_deploy(model, recipe["deploy"], directory)
     weights = Path(directory) / WEIGHTS_FILE
     try:
         missing, unexpected = load_model(model, str(weights), strict=False)
@@ -312,6 +317,19 @@ def load(directory: str | Path, base_model: nn.Module | str | None = None, *, tr
         )
     setattr(model, PLAN_ATTRIBUTE, plan)
     return model
+
+
+def _apply_recorded_deploy(model: nn.Module, record: Any, directory: str | Path) -> None:
+    """Give the rebuilt model the deploy-form structure the recipe records (see ``ghostify.deploy``)."""
+    try:
+        apply_deploy_record(model, DeployRecord.from_dict(record))
+    except GhostifyError as err:
+        raise CheckpointError(f"{Path(directory) / RECIPE_FILE}: {err}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(
+            f"{Path(directory) / RECIPE_FILE} holds a malformed deploy record ({type(err).__name__}: {err}); "
+            "re-create the directory with `ghostify convert --deploy -o`."
+        ) from None
 
 
 def _missing_model_file(spec: str) -> bool:

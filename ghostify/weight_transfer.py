@@ -10,24 +10,27 @@ How channels are chosen and ordered:
    (that output channel reproduces the original) and its ``s - 1`` best free filters become its
    ghosts. Calibration (``ghostify.calibrate``) uses the same grouping on correlations of real
    layer outputs.
-2. Each ghost's depthwise ``d x d`` kernel is the least-squares fit that makes "cheap kernel
-   composed with the intrinsic filter" closest to the ghost's original filter (the composition
-   accounts for the primary conv's stride and dilation). Bias is matched in the interior.
+2. Each ghost's depthwise kernel (``d``, ``d x d`` or ``d x d x d``, as the conv has 1, 2 or 3
+   spatial dimensions) is the least-squares fit that makes "cheap kernel composed with the
+   intrinsic filter" closest to the ghost's original filter (the composition accounts for the
+   primary conv's stride and dilation). Bias is matched in the interior.
 3. ``out_index`` puts every map back at its original channel position, so BatchNorm, residual
    adds and the next layers see the channels they were trained on.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .ghost_module import GhostConv2d
+from .ghost_module import _GhostConvNd
 
-_PAIR_CHUNK = 256
+_CHUNK_FLOATS = 1 << 23  # floats of shifted copies and partner filters held at once (32 MB)
 _EXACT = 1e-4  # unexplained share below which a ghost counts as exactly reproduced
 
 
@@ -121,16 +124,18 @@ def assign_channels(
     weight: torch.Tensor,
     ratio: int,
     dw_size: int = 3,
-    stride: tuple[int, int] = (1, 1),
-    dilation: tuple[int, int] = (1, 1),
+    stride: Sequence[int] | None = None,
+    dilation: Sequence[int] | None = None,
     candidates: int = 16,
 ) -> ChannelAssignment:
     """Data-free grouping of a conv's filters (module docstring, step 1).
 
-    Only the ``candidates`` most similar filters (``|cosine|``) of each filter are fitted, which
-    keeps the cost at ``O(n * candidates)`` filter fits.
+    ``weight``: (out, in, *kernel) with 1, 2 or 3 spatial dimensions; ``stride`` / ``dilation``
+    default to 1 along each. Only the ``candidates`` most similar filters (``|cosine|``) of each
+    filter are fitted, which keeps the cost at ``O(n * candidates)`` filter fits.
     """
     n = weight.shape[0]
+    stride, dilation = _per_dim(stride, weight), _per_dim(dilation, weight)
     flat = weight.detach().reshape(n, -1).double().cpu()
     energy = flat.pow(2).sum(dim=1)
     energy = energy / energy.mean().clamp_min(1e-30)
@@ -143,7 +148,7 @@ def assign_channels(
         nearest = similarity.topk(k, dim=1).indices
         src = torch.arange(n).repeat_interleave(k)
         dst = nearest.reshape(-1)
-        if weight.shape[-2:] == (1, 1):  # a 1x1 filter overlaps none of its shifted copies: R^2 = cos^2
+        if all(size == 1 for size in weight.shape[2:]):  # a 1x1 filter overlaps none of its shifted copies: R^2 = cos^2
             dead = flat.norm(dim=1)[dst] == 0  # (a dead filter is any filter's exact ghost, as in the fit)
             explained = torch.where(dead, torch.ones_like(similarity[src, dst]), similarity[src, dst] ** 2)
         else:
@@ -157,68 +162,132 @@ def assign_channels(
     return group_channels(gain, ratio, source_value=energy)
 
 
-def _correlations(a: torch.Tensor, b: torch.Tensor, stride: tuple[int, int], dw_size: int,
-                  dilation: tuple[int, int] = (1, 1)) -> torch.Tensor:
-    """``C[p, y, x] = sum a[p] * b[p]`` shifted by ``stride * (y - d + 1, x - d + 1)``, for pairs of filters.
+def _per_dim(value: Sequence[int] | int | None, weight: torch.Tensor) -> tuple[int, ...]:
+    """``value`` (stride or dilation) as one whole number per spatial dimension of ``weight``; None is 1 everywhere."""
+    dims = weight.dim() - 2
+    if value is None:
+        return (1,) * dims
+    if isinstance(value, int):
+        return (value,) * dims
+    value = tuple(int(v) for v in value)
+    if len(value) != dims:
+        raise ValueError(f"expected {dims} values (one per spatial dimension of the filters), got {value}")
+    return value
 
-    ``a``, ``b``: (P, C, H, W), applied at ``dilation``. Returns (P, 2d - 1, 2d - 1): every shift a
-    cheap-kernel tap can make. Dilated filters are never built (a 3x3 filter at dilation 36 covers
-    73x73 pixels): two copies of a filter at dilation D overlap only when the shift is a multiple of
-    D, and then they correlate as the undilated filters do at shift / D.
+
+def _axis_shifts(stride: Sequence[int], dilation: Sequence[int] | None, reach: int) -> list[list[int | None]]:
+    """Per spatial axis, for each tap offset ``t`` in ``-reach..reach``: the shift ``stride * t`` between two
+    copies of a filter applied at ``dilation``, in undilated filter positions, or None where they do not overlap.
+
+    Dilated filters are never built (a 3x3 filter at dilation 36 covers 73x73 pixels): two copies of a
+    filter at dilation D overlap only when the shift is a multiple of D, and then they correlate as the
+    undilated filters do at shift / D.
     """
-    pairs, channels, h, w = a.shape
-    d = dw_size
-    if dilation == (1, 1):
-        ph, pw = stride[0] * (d - 1), stride[1] * (d - 1)
-        padded = F.pad(b, (pw, pw, ph, ph)).reshape(1, pairs * channels, h + 2 * ph, w + 2 * pw)
-        return F.conv2d(padded, a, stride=stride, groups=pairs)[0]
-    # per axis: the undilated shift of each tap offset, or None where dilated copies do not overlap
-    shifts = [[(s * t) // D if (s * t) % D == 0 else None for t in range(-(d - 1), d)] for s, D in zip(stride, dilation)]
-    reach = [max(abs(u) for u in axis if u is not None) for axis in shifts]
-    padded = F.pad(b, (reach[1], reach[1], reach[0], reach[0])).reshape(1, pairs * channels, h + 2 * reach[0], w + 2 * reach[1])
-    undilated = F.conv2d(padded, a, groups=pairs)[0]  # (P, 2 reach_y + 1, 2 reach_x + 1)
-    out = a.new_zeros(pairs, 2 * d - 1, 2 * d - 1)
-    for y, uy in enumerate(shifts[0]):
-        for x, ux in enumerate(shifts[1]):
-            if uy is not None and ux is not None:
-                out[:, y, x] = undilated[:, uy + reach[0], ux + reach[1]]
+    dilation = tuple(dilation) if dilation is not None else (1,) * len(stride)
+    return [[(s * t) // D if (s * t) % D == 0 else None for t in range(-reach, reach + 1)] for s, D in zip(stride, dilation)]
+
+
+def _correlate(filters: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, shifts: list[list[int | None]]) -> torch.Tensor:
+    """``out[p, i, j, ...] = sum_x filters[src[p]][x] * filters[dst[p]][x + (shifts[0][i], shifts[1][j], ...)]``.
+
+    ``filters``: (N, C, *kernel) with 1, 2 or 3 spatial axes; ``shifts``: per axis, the shifts to
+    correlate at (None: 0 there). Each pair's channel-summed products of every two kernel positions,
+    ``M[x, y] = sum_c src[c, x] * dst[c, y]``, come from one matrix product per source (its partners
+    side by side); a correlation at shift ``v`` is the sum of ``M[x, y]`` over ``y - x = v``. Matrix
+    products only, so 3-D filters cost about what 2-D ones do per kernel position pair.
+    """
+    pairs, channels, kernel = len(src), filters.shape[1], filters.shape[2:]
+    out = filters.new_zeros(pairs, *(len(axis) for axis in shifts))
+    wanted = [(index, value) for index, value in
+              zip(itertools.product(*(range(len(axis)) for axis in shifts)), itertools.product(*shifts))
+              if None not in value]
+    if pairs == 0 or not wanted:
+        return out
+    # the (x, y) position pairs (flat index x * K + y, positions row-major) with y - x = the o-th wanted shift
+    positions = torch.tensor(list(itertools.product(*(range(k) for k in kernel))), dtype=torch.long).reshape(-1, len(kernel))
+    size, extent = len(positions), torch.tensor(kernel)
+    pair_index, shift_index = [], []
+    for o, (_, value) in enumerate(wanted):
+        moved = positions + torch.tensor(value)
+        inside = ((moved >= 0) & (moved < extent)).all(dim=1)
+        flat_moved = (moved[inside] * torch.tensor([math.prod(kernel[a + 1:]) for a in range(len(kernel))])).sum(dim=1)
+        pair_index.append(torch.nonzero(inside).flatten() * size + flat_moved)
+        shift_index.append(torch.full((int(inside.sum()),), o, dtype=torch.long))
+    pair_index, shift_index = torch.cat(pair_index), torch.cat(shift_index)
+    matrices = filters.reshape(len(filters), channels, size)
+    padded = torch.cat([matrices, matrices.new_zeros(1, channels, size)])  # + a zero filter for missing partners
+    # pairs grouped by source: group_dst[s, r] is the r-th partner of source s (the zero filter where none)
+    unique_src, slot = torch.unique(src, return_inverse=True)
+    counts = torch.bincount(slot, minlength=len(unique_src))
+    order = torch.argsort(slot, stable=True)
+    rank = torch.empty_like(slot)
+    rank[order] = torch.arange(pairs) - (torch.cumsum(counts, 0) - counts)[slot[order]]
+    partners_per_source = int(counts.max())
+    group_dst = torch.full((len(unique_src), partners_per_source), len(filters), dtype=torch.long)
+    group_dst[slot, rank] = dst
+    chunk = max(1, _CHUNK_FLOATS // (partners_per_source * channels * size + partners_per_source * size * size))
+    result = filters.new_empty(pairs, len(wanted))
+    for first in range(0, len(unique_src), chunk):
+        sources = unique_src[first:first + chunk]
+        partners = padded[group_dst[first:first + chunk]]  # (n, partners, C, K)
+        partners = partners.permute(0, 2, 1, 3).reshape(len(sources), channels, partners_per_source * size)
+        products = torch.bmm(matrices[sources].transpose(1, 2), partners)  # (n, K, partners * K): M[x, (r, y)]
+        products = products.reshape(len(sources), size, partners_per_source, size).transpose(1, 2)
+        products = products.reshape(-1, size * size)[:, pair_index]
+        correlations = products.new_zeros(len(products), len(wanted)).index_add_(1, shift_index, products)
+        correlations = correlations.reshape(len(sources), partners_per_source, len(wanted))
+        inside = (slot >= first) & (slot < first + len(sources))
+        result[inside] = correlations[slot[inside] - first, rank[inside]]
+    index = tuple(torch.tensor(axis) for axis in zip(*(i for i, _ in wanted)))
+    out[(slice(None), *index)] = result
     return out
 
 
+def _correlations(a: torch.Tensor, b: torch.Tensor, stride: Sequence[int], dw_size: int,
+                  dilation: Sequence[int] | None = None) -> torch.Tensor:
+    """``C[p, u] = sum a[p] * b[p]`` shifted by ``stride * (u - d + 1)`` (per axis), for pairs of filters.
+
+    ``a``, ``b``: (P, C, *kernel) with 1, 2 or 3 spatial axes, applied at ``dilation``. Returns
+    (P, 2d - 1, ...) with one axis per spatial axis: every shift a cheap-kernel tap can make
+    (see ``_axis_shifts`` for dilated filters).
+    """
+    pairs = len(a)
+    return _correlate(torch.cat([a, b]), torch.arange(pairs), torch.arange(pairs) + pairs,
+                      _axis_shifts(tuple(stride), dilation, dw_size - 1))
+
+
 def _fit_pairs(
-    filters: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, stride: tuple[int, int], dw_size: int,
-    dilation: tuple[int, int] = (1, 1),
+    filters: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, stride: Sequence[int], dw_size: int,
+    dilation: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Least-squares cheap kernels making ``h * filters[src]`` closest to ``filters[dst]``, pair by pair.
 
     A ghost computed as ``h * (W_src * x)`` equals ``(h composed with W_src) * x``, a filter that is
-    a sum of copies of ``W_src`` shifted by ``stride * (u, v)`` and weighted by ``h[u, v]``. Fitting
-    it to ``W_dst`` is linear least squares in ``h``; its normal equations only need the
-    correlations of the filters at those shifts, so no design matrix is built.
+    a sum of copies of ``W_src`` shifted by ``stride * u`` and weighted by ``h[u]`` (``u`` a tap of
+    the cheap kernel). Fitting it to ``W_dst`` is linear least squares in ``h``; its normal
+    equations only need the correlations of the filters at those shifts, so no design matrix is built.
 
-    ``filters``: (N, C, H, W), applied at ``dilation``. Returns the kernels (P, d*d), each pair's squared
-    residual and the energy ``||W_dst||^2`` (float64).
+    ``filters``: (N, C, *kernel) with 1, 2 or 3 spatial axes, applied at ``dilation``. Returns the
+    kernels (P, d**dims, taps in row-major order), each pair's squared residual and the energy
+    ``||W_dst||^2`` (float64).
     """
-    d = dw_size
-    taps = torch.arange(d)
-    tap_u, tap_v = taps.repeat_interleave(d), taps.repeat(d)  # tap q = (u, v), row-major
-    # Gram[q, q'] = C_src,src(tap_q - tap_q'); moment[q] = C_src,dst(tap_q - center)
-    gram_y, gram_x = tap_u[:, None] - tap_u[None, :] + d - 1, tap_v[:, None] - tap_v[None, :] + d - 1
-    moment_y, moment_x = tap_u - d // 2 + d - 1, tap_v - d // 2 + d - 1
+    d, dims = dw_size, filters.dim() - 2
+    stride = tuple(stride)
+    # the coordinates of tap q along each axis, row-major: (dims, d**dims)
+    taps = torch.tensor(list(itertools.product(range(d), repeat=dims)), dtype=torch.long).T.reshape(dims, -1)
+    # Gram[q, q'] = C_src,src(tap_q - tap_q'), at offsets -(d-1)..d-1; moment[q] = C_src,dst(tap_q - center),
+    # at offsets -(d//2)..d//2 (the only shifts a ghost's own fit needs)
+    gram_index = tuple(axis[:, None] - axis[None, :] + d - 1 for axis in taps)
     unique_src, src_slot = torch.unique(src, return_inverse=True)
-    self_corr = torch.cat([
-        _correlations(filters[chunk], filters[chunk], stride, d, dilation) for chunk in unique_src.split(_PAIR_CHUNK)
-    ])
-    gram = self_corr[:, gram_y, gram_x].double()[src_slot]  # (P, d*d, d*d)
-    # float32 correlations (the fast conv path), float64 normal equations
-    cross = torch.cat([
-        _correlations(filters[s_idx], filters[d_idx], stride, d, dilation)
-        for s_idx, d_idx in zip(src.split(_PAIR_CHUNK), dst.split(_PAIR_CHUNK))
-    ])
-    moments = cross[:, moment_y, moment_x].double()  # (P, d*d)
-    ridge = (1e-9 * gram.diagonal(dim1=1, dim2=2).mean(dim=1) + 1e-30)[:, None, None] * torch.eye(d * d)
+    self_corr = _correlate(filters, unique_src, unique_src, _axis_shifts(stride, dilation, d - 1))
+    gram = self_corr[(slice(None), *gram_index)].double()[src_slot]  # (P, d**dims, d**dims)
+    # float32 correlations (the fast matrix products), float64 normal equations
+    cross = _correlate(filters, src, dst, _axis_shifts(stride, dilation, d // 2))
+    moments = cross[(slice(None), *taps)].double()  # (P, d**dims)
+    taps_count = d ** dims
+    ridge = (1e-9 * gram.diagonal(dim1=1, dim2=2).mean(dim=1) + 1e-30)[:, None, None] * torch.eye(taps_count)
     solution = torch.linalg.solve(gram + ridge, moments)  # ridge for dead filters
-    energy = filters[dst].double().pow(2).flatten(1).sum(1)
+    energy = filters.double().pow(2).flatten(1).sum(1)[dst]
     # ||A h - t||^2 = t.t - 2 h.A't + h.A'A h
     residual = energy - 2 * (solution * moments).sum(1) + (solution * (gram @ solution[..., None])[..., 0]).sum(1)
     return solution, residual.clamp_min(0), energy
@@ -229,34 +298,40 @@ def fit_cheap_kernels(
     assignment: ChannelAssignment,
     ratio: int,
     dw_size: int,
-    stride: tuple[int, int],
-    dilation: tuple[int, int],
+    stride: Sequence[int] | None = None,
+    dilation: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, float]:
     """Least-squares depthwise kernels for every ghost (module docstring, step 2; see ``_fit_pairs``).
 
-    Returns the cheap conv's weight, shape ``(m * (ratio - 1), 1, d, d)``, and the fit's relative
-    error ``||fitted - original|| / ||original||`` over all ghost filters (0 = exact; it comes from float32
-    correlations, so anything below ~1e-3 means exact).
+    Returns the cheap conv's weight, shape ``(m * (ratio - 1), 1, d, ...)`` with one ``d`` per
+    spatial dimension of ``weight``, and the fit's relative error ``||fitted - original|| / ||original||``
+    over all ghost filters (0 = exact; it comes from float32 correlations, so anything below ~1e-3
+    means exact).
     """
     filters = weight.detach().float().cpu()
+    stride, dilation = _per_dim(stride, weight), _per_dim(dilation, weight)
     d, slots, m = dw_size, ratio - 1, len(assignment.sources)
-    kernels = torch.zeros(m, slots, d * d, dtype=torch.float64)
+    kernel_shape = (m * slots, 1, *(d,) * (weight.dim() - 2))
+    kernels = torch.zeros(m, slots, d ** (weight.dim() - 2), dtype=torch.float64)
     pair_src = torch.tensor([i for i, g in enumerate(assignment.ghosts) for _ in g], dtype=torch.long)
     pair_ghost = torch.tensor([j for g in assignment.ghosts for j in g], dtype=torch.long)
     pair_slot = torch.tensor([k for g in assignment.ghosts for k in range(len(g))], dtype=torch.long)
     if len(pair_ghost) == 0:
-        return kernels.reshape(m * slots, 1, d, d).float(), 0.0
+        return kernels.reshape(kernel_shape).float(), 0.0
     sources = torch.tensor(assignment.sources)
     solution, residual, energy = _fit_pairs(filters, sources[pair_src], pair_ghost, stride, d, dilation)
     kernels[pair_src, pair_slot] = solution
     total = energy.sum()
     rel_error = float((residual.sum() / total) ** 0.5) if total > 0 else 0.0
-    return kernels.reshape(m * slots, 1, d, d).float(), rel_error
+    return kernels.reshape(kernel_shape).float(), rel_error
 
 
 @torch.no_grad()
-def transfer_weights(conv: nn.Conv2d, ghost: GhostConv2d) -> float:
-    """Initialise ``ghost`` from ``conv`` (module docstring) and return the relative fit error of the ghost filters."""
+def transfer_weights(conv: nn.Module, ghost: _GhostConvNd) -> float:
+    """Initialise ``ghost`` from ``conv`` (module docstring) and return the relative fit error of the ghost filters.
+
+    ``conv``: an ``nn.Conv1d``, ``Conv2d`` or ``Conv3d`` (``groups == 1``) with the ghost module's dims.
+    """
     ratio = ghost.ratio
     assignment = assign_channels(conv.weight, ratio, ghost.dw_size, conv.stride, conv.dilation)
     kernels, rel_error = fit_cheap_kernels(

@@ -1,0 +1,570 @@
+"""The deploy form of a converted model: BatchNorm folded in, no channel gather at run time.
+
+A trained ``GhostConv2d`` computes ``cat([primary(x), cheap(primary(x))])`` and then gathers the
+channels back into the order of the conv it replaced (``out_index``), so that the BatchNorm and
+the layers after it see the channels they were trained on. For inference both extra passes can
+go (``deploy``):
+
+- **BatchNorm folding.** A BatchNorm right after a ghost module is folded into it: its scale into
+  the primary conv (and, divided out again, into the cheap conv, which then still reads exactly
+  what it was trained on), its shift into the cheap conv's bias for the ghost maps and, for the
+  intrinsic maps, added while they are copied into the output (``intrinsic_shift``). The shift
+  cannot go into the primary's bias: the cheap conv pads its input with zeros, and a shifted input
+  would need padding with the shift instead.
+- **Channel order folding.** The ghost module's output is left in its natural order (intrinsic
+  maps, then ghosts) and the permutation is moved into what reads it: through per-channel ops
+  (BatchNorm, activations, dropout, depthwise convs, whose per-channel parameters are permuted;
+  pools) into the input channels of the next dense convs, or after a global pool the input
+  features of a Linear head. At an add or a product (a residual shortcut, a squeeze-excite gate)
+  the other operand joins the order: the conv that makes it permutes its output channels, a ghost
+  module gathers straight into the order instead of the original one. Where the original order
+  is needed (a concatenation, the model output, a tensor also read elsewhere), the module keeps
+  its gather.
+
+Both are exact: deploy and train forms agree within floating-point rounding. ``deploy`` records
+what it did (``DeployRecord``) so that ``ghostify.save`` / ``load`` rebuild the same structure.
+"""
+
+from __future__ import annotations
+
+import heapq
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .errors import ConfigError
+from .ghost_module import GhostConv2d, intrinsic_channels
+
+DEPLOY_ATTRIBUTE = "ghostify_deploy"
+DEPLOY_RECORD_VERSION = 1
+
+# Ops that act on each channel alone and keep the channel axis where it is: a channel permutation
+# passes through them unchanged (the parameter-free ones) or with their parameters permuted.
+_ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
+    nn.ELU, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Hardtanh, nn.Softplus,
+)
+_ELEMENTWISE_FUNCTIONS = {
+    F.relu, torch.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.leaky_relu, torch.sigmoid,
+    F.sigmoid, torch.tanh, F.tanh, F.dropout, F.mish, F.elu, F.hardtanh, torch.relu_, F.relu_,
+}
+_ELEMENTWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone"}
+
+
+class DeployedGhostConv2d(nn.Module):
+    """Inference form of a ``GhostConv2d`` (see the module docstring); same inputs, same outputs.
+
+    ``gather``: whether the output is gathered back into the original channel order (``out_index``)
+    or left as ``cat([intrinsic, ghosts])`` for consumers whose weights were permuted to match.
+    ``shifted``: ``intrinsic_shift`` is not all zero (a folded BatchNorm's shift of the intrinsic maps).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int], *,
+        stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1, padding_mode: str = "zeros", ratio: int = 2, dw_size: int = 3,
+        gather: bool = True, shifted: bool = False,
+        device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        m = intrinsic_channels(out_channels, ratio)
+        self.in_channels, self.out_channels, self.ratio, self.dw_size = in_channels, out_channels, ratio, dw_size
+        self.primary = nn.Conv2d(in_channels, m, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                                 bias=True, padding_mode=padding_mode, **factory)
+        self.cheap = nn.Conv2d(m, m * (ratio - 1), dw_size, padding=dw_size // 2, groups=m, bias=True, **factory)
+        self.kernel_size, self.stride, self.padding = self.primary.kernel_size, self.primary.stride, self.primary.padding
+        self.dilation, self.groups, self.padding_mode = self.primary.dilation, 1, self.primary.padding_mode
+        self.register_buffer("intrinsic_shift", torch.zeros(m, **factory))
+        self.shifted = shifted
+        self.gather = gather
+        self.register_buffer("out_index", torch.arange(out_channels, device=device) if gather else None)
+
+    @property
+    def intrinsic_channels(self) -> int:
+        return self.primary.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        intrinsic = self.primary(x)
+        ghosts = self.cheap(intrinsic)
+        m = intrinsic.shape[1]
+        if not self.gather and ghosts.shape[1] != self.out_channels - m:
+            ghosts = ghosts[:, :self.out_channels - m]
+        if not self.shifted:
+            out = torch.cat([intrinsic, ghosts], dim=1)
+        elif ghosts.requires_grad or torch.compiler.is_compiling():
+            out = torch.cat([intrinsic + self.intrinsic_shift[:, None, None], ghosts], dim=1)
+        else:  # the shift rides along with the copy into the output: no extra pass over the maps
+            out = intrinsic.new_empty((intrinsic.shape[0], m + ghosts.shape[1], *intrinsic.shape[2:]))
+            torch.add(intrinsic, self.intrinsic_shift[:, None, None], out=out[:, :m])
+            out[:, m:].copy_(ghosts)
+        return out.index_select(1, self.out_index) if self.gather else out
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"ratio={self.ratio}, dw_size={self.dw_size}, gather={self.gather}")
+
+    @classmethod
+    def empty_like(cls, ghost: GhostConv2d, *, gather: bool, shifted: bool = False) -> DeployedGhostConv2d:
+        """A deploy module with ``ghost``'s geometry, device and dtype (weights to be filled in)."""
+        weight = ghost.primary.weight
+        return cls(
+            ghost.in_channels, ghost.out_channels, ghost.primary.kernel_size, stride=ghost.primary.stride,
+            padding=ghost.primary.padding, dilation=ghost.primary.dilation, padding_mode=ghost.primary.padding_mode,
+            ratio=ghost.ratio, dw_size=ghost.dw_size, gather=gather, shifted=shifted,
+            device=weight.device, dtype=weight.dtype,
+        )
+
+
+@dataclass
+class DeployedLayer:
+    """What ``deploy`` did to one ghost module: the BatchNorm folded into it and whether it still gathers."""
+
+    name: str
+    folded_norm: str | None
+    gather: bool
+    shifted: bool = False  # the folded BN shifts its intrinsic maps
+    reasons: list[str] = field(default_factory=list)  # why the BN was not folded / the gather kept
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "folded_norm": self.folded_norm, "gather": self.gather, "shifted": self.shifted,
+                "reasons": list(self.reasons)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeployedLayer:
+        return cls(str(data["name"]), data.get("folded_norm"), bool(data["gather"]), bool(data.get("shifted", False)),
+                   [str(r) for r in data.get("reasons", [])])
+
+
+@dataclass
+class DeployRecord:
+    """Every ghost module ``deploy`` turned into a ``DeployedGhostConv2d``; saved in the recipe."""
+
+    layers: list[DeployedLayer]
+    version: int = DEPLOY_RECORD_VERSION
+
+    @property
+    def gathers(self) -> int:
+        return sum(layer.gather for layer in self.layers)
+
+    @property
+    def folded_norms(self) -> int:
+        return sum(layer.folded_norm is not None for layer in self.layers)
+
+    def summary(self) -> str:
+        n = len(self.layers)
+        return (f"deploy form: {self.folded_norms} of {n} BatchNorms folded, "
+                f"{n - self.gathers} of {n} channel gathers folded into the next layers")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "layers": [layer.to_dict() for layer in self.layers]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeployRecord:
+        if data.get("version") != DEPLOY_RECORD_VERSION:
+            raise ConfigError(f"unknown deploy record version {data.get('version')!r}; upgrade ghostify.")
+        return cls([DeployedLayer.from_dict(item) for item in data["layers"]])
+
+
+def get_deploy_record(model: nn.Module) -> DeployRecord | None:
+    """What ``deploy`` did to ``model``, or None for a model that is not in deploy form."""
+    return getattr(model, DEPLOY_ATTRIBUTE, None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planning: which BN folds into which ghost module, and where each permutation goes.
+
+
+@dataclass
+class _Fold:
+    ghost: str
+    norm: str | None
+    passthrough: list[str]  # modules whose per-channel parameters are permuted
+    consumers: list[str]  # modules whose input channels (Linear: input features) are permuted
+    reasons: list[str]
+    producers: list[str] = field(default_factory=list)  # convs whose output channels are permuted
+    gathered_into: list[str] = field(default_factory=list)  # ghost modules that gather into this order
+    order_owner: str | None = None  # the ghost whose order this module gathers into (set by that one's fold)
+
+
+def _call_counts(graph: fx.Graph) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            counts[node.target] = counts.get(node.target, 0) + 1
+    return counts
+
+
+def _norm_scale_shift(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a, b`` such that ``norm(y) == a * y + b`` per channel in eval mode."""
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    return scale.detach(), shift.detach()
+
+
+def _foldable_norm(module: nn.Module) -> bool:
+    """A BatchNorm2d (timm's BatchNormAct2d included) whose eval-mode transform is per-channel affine."""
+    if not isinstance(module, nn.BatchNorm2d) or module.running_var is None or module.running_mean is None:
+        return False
+    if type(module) is nn.BatchNorm2d:
+        return True
+    return _is_norm_act(module)
+
+
+def _is_norm_act(module: nn.Module) -> bool:
+    """timm's BatchNormAct2d: BN, then dropout and an activation that are both elementwise."""
+    act, drop = getattr(module, "act", None), getattr(module, "drop", None)
+    return (type(module).__name__ == "BatchNormAct2d" and isinstance(act, _ELEMENTWISE_MODULES)
+            and isinstance(drop, _ELEMENTWISE_MODULES))
+
+
+def _per_channel_module(module: nn.Module) -> bool:
+    """Modules a channel permutation passes through when their per-channel parameters are permuted."""
+    if _foldable_norm(module):
+        return True
+    if isinstance(module, _ELEMENTWISE_MODULES):
+        return True
+    if isinstance(module, nn.PReLU):
+        return True
+    return (type(module) is nn.Conv2d and module.groups == module.in_channels == module.out_channels)
+
+
+def _dense_consumer(module: nn.Module) -> bool:
+    """Modules that read all input channels through a weight whose input axis can be permuted."""
+    if type(module) is nn.Conv2d and module.groups == 1:
+        return True
+    return type(module) in (GhostConv2d, DeployedGhostConv2d) and module.primary.groups == 1
+
+
+def _tensor_args(node: fx.Node) -> list[fx.Node]:
+    """The graph values ``node`` reads, also those inside lists (``torch.cat([a, b])``)."""
+    return list(node.all_input_nodes)
+
+
+def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    """What a graph node does, for a reason: ``a residual add (add_2)``, ``AdaptiveAvgPool2d global_pool``."""
+    if node.op == "call_module":
+        return f"{type(modules[node.target]).__name__} {node.target}"
+    if node.target in (operator.add, operator.iadd, torch.add):
+        return f"a residual add ({node.name})"
+    if node.target in (operator.mul, operator.imul, torch.mul):
+        return f"a product ({node.name}, e.g. squeeze-excite)"
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    return f"{name} ({node.name})"
+
+
+_BINARY_FUNCTIONS = {operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul}
+_BINARY_METHODS = {"add", "add_", "mul", "mul_"}
+
+
+def _is_elementwise(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in _ELEMENTWISE_FUNCTIONS
+            or node.op == "call_method" and node.target in _ELEMENTWISE_METHODS)
+
+
+def _is_binary(node: fx.Node) -> bool:
+    return (len(_tensor_args(node)) == 2 and (node.op == "call_function" and node.target in _BINARY_FUNCTIONS
+                                              or node.op == "call_method" and node.target in _BINARY_METHODS))
+
+
+def _pooled_layout(node: fx.Node, module: nn.Module | None, layout: str) -> str | None:
+    """The layout after a global pool or flatten (``pooled``: N,C,1,1; ``flat``: N,C), None if ``node`` is neither."""
+    if module is not None:
+        if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and module.output_size in (1, (1, 1)):
+            return "pooled"
+        if type(module).__name__ == "SelectAdaptivePool2d" and getattr(module, "pool_type", "") in ("avg", "max", "avgmax"):
+            return "flat" if module.is_identity() is False and isinstance(module.flatten, nn.Flatten) else "pooled"
+        if isinstance(module, nn.Flatten) and module.start_dim == 1 and layout == "pooled":
+            return "flat"
+        return None
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if node.op == "call_method" and node.target == "mean" and isinstance(dims, (tuple, list)) and tuple(dims) in ((2, 3), (-2, -1)):
+        return "pooled" if node.kwargs.get("keepdim", False) else "flat"
+    flatten = (node.op == "call_function" and node.target is torch.flatten) or (node.op == "call_method" and node.target == "flatten")
+    if flatten and layout == "pooled" and tuple(node.args[1:2]) == (1,) and not node.kwargs:
+        return "flat"
+    return None
+
+
+def _follow(start: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int], order: dict[fx.Node, int],
+            folded_norm_of: dict[str, str | None], claimed: set[str]) -> tuple[_Fold, str | None]:
+    """The region of tensors that can carry ``start``'s channel order, and what to permute for it.
+
+    Walks the users of ``start`` in graph order (so that both operands of an add or product that
+    come from the region are in it when the add is reached): per-channel ops pass the order on,
+    dense convs and (after a global pool) Linear layers absorb it; the other operand of an add or
+    product joins the order by permuting the conv that makes it (``_retarget``).
+    """
+    found = _Fold("", None, [], [], [])
+    layout: dict[fx.Node, str] = {start: "map"}
+    heap = [(order[user], user) for user in start.users]
+    heapq.heapify(heap)
+    while heap:
+        _, node = heapq.heappop(heap)
+        if node in layout:
+            continue
+        state = next(layout[a] for a in _tensor_args(node) if a in layout)
+        if node.op == "output":
+            return found, "its output is a model output"
+        if node.op == "call_module" and calls.get(node.target, 0) != 1:
+            return found, f"{node.target} runs more than once"
+        module = modules.get(node.target) if node.op == "call_module" else None
+        single = len(_tensor_args(node)) == 1
+        if single and module is not None and state != "flat" and _dense_consumer(module):
+            found.consumers.append(node.target)
+            continue
+        if single and isinstance(module, nn.Linear) and state == "flat" and type(module) is nn.Linear:
+            found.consumers.append(node.target)
+            continue
+        pooled = _pooled_layout(node, module, state) if single else None
+        if pooled is not None:
+            state = pooled
+        elif single and module is not None and state != "flat" and _per_channel_module(module):
+            if not isinstance(module, _ELEMENTWISE_MODULES):
+                found.passthrough.append(node.target)
+        elif single and module is not None and state == "map" and isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+            pass
+        elif _is_binary(node) and state != "flat":
+            others = [a for a in _tensor_args(node) if a not in layout]
+            for other in others:
+                reason = _retarget(other, node, modules, calls, folded_norm_of, claimed, found)
+                if reason is not None:
+                    return found, f"{_describe(node, modules)} needs the original channel order ({reason})"
+            state = "map" if "map" in [layout.get(a, "map") for a in _tensor_args(node)] else state
+        elif not (single and _is_elementwise(node)):
+            return found, f"{_describe(node, modules)} needs the original channel order"
+        layout[node] = state
+        for user in node.users:
+            heapq.heappush(heap, (order[user], user))
+    return found, None
+
+
+def _retarget(other: fx.Node, binary: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int],
+              folded_norm_of: dict[str, str | None], claimed: set[str], found: _Fold) -> str | None:
+    """Make ``other`` (an operand of ``binary``) come in the region's order: walk back through per-channel
+    ops that only feed ``binary`` to the conv that makes it, and permute that conv's outputs (a ghost
+    module: gather into the order). None when done, else why not."""
+    chain: list[str] = []
+    node = other
+    while True:
+        if len(node.users) != 1:
+            return f"{node.name} is also used elsewhere"
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if node.op == "call_module" and calls.get(node.target, 0) != 1:
+            return f"{node.target} runs more than once"
+        if len(_tensor_args(node)) != 1:
+            return f"{node.name} is not made by a conv"
+        if module is not None and (type(module) is nn.Conv2d and module.groups == 1 or type(module) is GhostConv2d):
+            if module.out_channels == 1:  # broadcast over channels: any order will do
+                return None
+            if node.target in claimed:
+                return f"{node.target} already serves another channel order"
+            claimed.add(node.target)
+            norm = folded_norm_of.get(node.target)
+            found.passthrough.extend(name for name in chain if name != norm)
+            (found.gathered_into if type(module) is GhostConv2d else found.producers).append(node.target)
+            return None
+        if module is not None and _per_channel_module(module):
+            if not isinstance(module, _ELEMENTWISE_MODULES):
+                chain.append(node.target)
+        elif not _is_elementwise(node):
+            return f"{node.name} is not made by a conv"
+        node = _tensor_args(node)[0]
+
+
+def _norm_to_fold(node: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int]) -> tuple[str | None, str | None]:
+    """The BatchNorm right after ghost module ``node`` that can be folded into it, or why not (None, None: no BN)."""
+    users = list(node.users)
+    if len(users) != 1 or users[0].op != "call_module" or len(_tensor_args(users[0])) != 1:
+        return None, None
+    name, norm = users[0].target, modules[users[0].target]
+    if not _foldable_norm(norm):
+        if isinstance(norm, nn.modules.batchnorm._NormBase):
+            return None, f"{name} ({type(norm).__name__}) is not a BatchNorm it can fold"
+        return None, None
+    if calls[name] != 1:
+        return None, f"{name} runs more than once"
+    if bool((_norm_scale_shift(norm)[0].abs() < 1e-12).any()):
+        return None, f"{name} has zero scales (BN weight 0), which cannot be folded"
+    return name, None
+
+
+def _plan_folds(model: nn.Module, fold_norms: bool, fold_order: bool) -> list[_Fold]:
+    from .graph_pass import trace  # the tracer that keeps convs and ghost modules whole
+
+    names = [name for name, module in model.named_modules() if type(module) is GhostConv2d]
+    try:
+        graph = trace(model)
+    except Exception as err:  # noqa: BLE001 - any tracing failure: deploy each module on its own
+        reason = f"the model could not be traced ({type(err).__name__}), so nothing after it is changed"
+        return [_Fold(name, None, [], [], [reason]) for name in names]
+    modules = dict(model.named_modules())
+    calls = _call_counts(graph)
+    order = {node: index for index, node in enumerate(graph.nodes)}
+    ghost_nodes = [node for node in graph.nodes if node.op == "call_module" and type(modules.get(node.target)) is GhostConv2d]
+    folds: dict[str, _Fold] = {}
+    norm_nodes: dict[str, fx.Node] = {}
+    for node in ghost_nodes:
+        fold = folds[node.target] = _Fold(node.target, None, [], [], [])
+        if calls[node.target] != 1:
+            fold.reasons.append("it runs more than once")
+            continue
+        if fold_norms:
+            fold.norm, reason = _norm_to_fold(node, modules, calls)
+            fold.reasons += [reason] if reason else []
+            if fold.norm is not None:
+                norm_nodes[node.target] = next(iter(node.users))
+    folded_norm_of = {name: fold.norm for name, fold in folds.items()}
+    claimed: set[str] = set()  # ghosts and convs whose output order a region has taken
+    for node in ghost_nodes:
+        fold = folds[node.target]
+        if not fold_order or calls[node.target] != 1:
+            continue
+        if node.target in claimed:
+            continue  # another module's region decided this one's order
+        ghost = modules[node.target]
+        if int(ghost.out_index.max()) != ghost.out_channels - 1:
+            fold.reasons.append("its channels leave gaps in the ghost slots (out_channels not a multiple of the ratio)")
+            continue
+        claimed_before = set(claimed)
+        claimed.add(node.target)
+        found, reason = _follow(norm_nodes.get(node.target, node), modules, calls, order, folded_norm_of, claimed)
+        if reason is not None:
+            fold.reasons.append(reason)
+            claimed.intersection_update(claimed_before | {node.target})
+            continue
+        fold.passthrough, fold.consumers, fold.producers = found.passthrough, found.consumers, found.producers
+        fold.gathered_into = found.gathered_into
+        for name in found.gathered_into:
+            folds[name].order_owner = node.target
+    return list(folds.values())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Applying: fill the deploy modules and permute what reads them.
+
+
+@torch.no_grad()
+def _deployed_module(ghost: GhostConv2d, norm: nn.BatchNorm2d | None, gather: bool) -> DeployedGhostConv2d:
+    """The deploy module equal to ``norm(ghost(x))`` (or ``ghost(x)``), its output in natural order unless ``gather``."""
+    deployed = DeployedGhostConv2d.empty_like(ghost, gather=gather)
+    m, ratio = ghost.intrinsic_channels, ghost.ratio
+    weight = ghost.primary.weight
+    scale = torch.ones(m * ratio, device=weight.device, dtype=torch.float64)
+    shift = torch.zeros_like(scale)
+    if norm is not None:  # per natural position: the BN parameters of the channel placed there
+        a, b = _norm_scale_shift(norm)
+        scale[ghost.out_index] = a.double()
+        shift[ghost.out_index] = b.double()
+    a_intr, b_intr = scale[:m], shift[:m]
+    a_ghost, b_ghost = scale[m:], shift[m:]
+    primary_bias = ghost.primary.bias.double() if ghost.primary.bias is not None else torch.zeros_like(a_intr)
+    cheap_bias = ghost.cheap.bias.double() if ghost.cheap.bias is not None else torch.zeros_like(a_ghost)
+    deployed.primary.weight.copy_(ghost.primary.weight.double() * a_intr[:, None, None, None])
+    deployed.primary.bias.copy_(primary_bias * a_intr)
+    source_scale = a_intr.repeat_interleave(ratio - 1)
+    deployed.cheap.weight.copy_(ghost.cheap.weight.double() * (a_ghost / source_scale)[:, None, None, None])
+    deployed.cheap.bias.copy_(cheap_bias * a_ghost + b_ghost)
+    deployed.intrinsic_shift.copy_(b_intr)
+    deployed.shifted = bool(b_intr.any())
+    if gather:
+        deployed.out_index.copy_(ghost.out_index)
+    return deployed
+
+
+def _natural_order(ghost: GhostConv2d) -> torch.Tensor:
+    """``order[p]``: the original channel a non-gathering deploy module puts at position ``p``."""
+    return torch.argsort(ghost.out_index)
+
+
+@torch.no_grad()
+def _permute_per_channel(module: nn.Module, order: torch.Tensor) -> None:
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        tensor = getattr(module, name, None)
+        if isinstance(tensor, torch.Tensor) and tensor.dim() >= 1 and tensor.shape[0] == order.numel():
+            tensor.copy_(tensor[order.to(tensor.device)])
+
+
+@torch.no_grad()
+def _permute_inputs(module: nn.Module, order: torch.Tensor) -> None:
+    conv = module.primary if isinstance(module, (GhostConv2d, DeployedGhostConv2d)) else module
+    conv.weight.copy_(conv.weight[:, order.to(conv.weight.device)])
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def _norm_replacement(norm: nn.Module) -> nn.Module:
+    """What stays of a folded BatchNorm: nothing, or timm BatchNormAct2d's dropout and activation."""
+    if _is_norm_act(norm):
+        return nn.Sequential(norm.drop, norm.act)
+    return nn.Identity()
+
+
+def deploy(model: nn.Module, *, fold_norms: bool = True, fold_order: bool = True) -> nn.Module:
+    """A copy of converted ``model`` in deploy form (see the module docstring); ``model`` is untouched.
+
+    The result is for inference: its BatchNorms are folded, so training it further changes the math.
+    ``fold_norms`` / ``fold_order``: fold the BatchNorms / the channel gathers (both by default).
+    """
+    from .convert import PLAN_ATTRIBUTE, copy_model, get_plan
+
+    if not any(type(m) is GhostConv2d for m in model.modules()):
+        if any(isinstance(m, DeployedGhostConv2d) for m in model.modules()):
+            raise ConfigError("the model is already in deploy form.")
+        raise ConfigError("the model has no ghost modules to deploy; convert it first (ghostify.convert).")
+    deployed = copy_model(model).eval()
+    folds = _plan_folds(deployed, fold_norms, fold_order)
+    modules = dict(deployed.named_modules())
+    layers = []
+    orders: dict[str, torch.Tensor] = {}  # ghost -> the channel order its region carries
+    for fold in folds:
+        if fold.consumers or fold.gathered_into or fold.producers:
+            orders[fold.ghost] = order = _natural_order(modules[fold.ghost])
+            for name in fold.passthrough:
+                _permute_per_channel(modules[name], order)
+            for name in fold.consumers:
+                _permute_inputs(modules[name], order)
+            for name in fold.producers:
+                _permute_per_channel(modules[name], order)  # a conv's weight and bias, by output channel
+            for name in fold.gathered_into:
+                orders[name] = order
+    for fold in folds:
+        ghost = modules[fold.ghost]
+        gather = fold.ghost not in orders or fold.order_owner is not None
+        norm = modules[fold.norm] if fold.norm is not None else None
+        replacement = _deployed_module(ghost, norm, gather)
+        if fold.order_owner is not None:  # gather straight into the order of the region it feeds
+            replacement.out_index.copy_(ghost.out_index[orders[fold.ghost].to(ghost.out_index.device)])
+            fold.reasons.append(f"gathers into the channel order of {fold.order_owner}, whose region it joins")
+        if norm is not None:
+            _set_module(deployed, fold.norm, _norm_replacement(norm))
+        _set_module(deployed, fold.ghost, replacement)
+        layers.append(DeployedLayer(fold.ghost, fold.norm, gather, replacement.shifted, fold.reasons))
+    plan = get_plan(model)
+    if plan is not None:
+        setattr(deployed, PLAN_ATTRIBUTE, plan)
+    setattr(deployed, DEPLOY_ATTRIBUTE, DeployRecord(layers))
+    return deployed
+
+
+def apply_deploy_record(model: nn.Module, record: DeployRecord) -> None:
+    """Give converted ``model`` the structure ``record`` describes (weights are loaded afterwards)."""
+    for layer in record.layers:
+        ghost = model.get_submodule(layer.name)
+        if type(ghost) is not GhostConv2d:
+            raise ConfigError(f"the deploy record names {layer.name}, which is not a ghost module in this model.")
+        if layer.folded_norm is not None:
+            _set_module(model, layer.folded_norm, _norm_replacement(model.get_submodule(layer.folded_norm)))
+        _set_module(model, layer.name, DeployedGhostConv2d.empty_like(ghost, gather=layer.gather, shifted=layer.shifted))
+    setattr(model, DEPLOY_ATTRIBUTE, record)

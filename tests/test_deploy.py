@@ -1,0 +1,315 @@
+"""ghostify.deploy / ``--deploy``: BatchNorm and channel gathers folded away, outputs unchanged."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+from PIL import Image
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from typer.testing import CliRunner
+
+import ghostify
+from ghostify.cli import app
+from ghostify.deploy import DeployedGhostConv2d, DeployRecord, deploy
+from ghostify.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+runner = CliRunner()
+
+
+def trained_like_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine parameters, as after training."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) * 2 - 1)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            if module.affine:
+                module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.data.copy_(torch.rand(n, generator=generator) * 2 - 1)
+    return model.eval()
+
+
+class Chain(nn.Module):
+    """ghost conv -> BN -> ReLU -> depthwise conv -> BN -> ReLU -> dense conv: every gather can be folded."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int, dilation: int, bias: bool) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(cin, cin, 1)
+        self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias)
+        self.bn = nn.BatchNorm2d(cout)
+        self.dw = nn.Conv2d(cout, cout, 3, padding=1, groups=cout)
+        self.bn_dw = nn.BatchNorm2d(cout)
+        self.head = nn.Conv2d(cout, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(self.stem(x))))
+        return self.head(nn.functional.relu6(self.bn_dw(self.dw(x))))
+
+
+class Residual(nn.Module):
+    """ghost conv -> BN, added to the input: the gather must stay."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.head = nn.Conv2d(channels, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        return self.head(torch.relu(self.bn(self.conv(x)) + x))
+
+
+class SqueezeExcite(nn.Module):
+    """ghost 1x1 -> BN -> ReLU, times a gate made from its mean by two 1x1 convs, then a 1x1 projection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv_pw = nn.Conv2d(8, 16, 1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.conv_reduce = nn.Conv2d(16, 8, 1)
+        self.conv_expand = nn.Conv2d(8, 16, 1)
+        self.conv_pwl = nn.Conv2d(16, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv_pw(self.stem(x))))
+        gate = torch.sigmoid(self.conv_expand(torch.relu(self.conv_reduce(x.mean((2, 3), keepdim=True)))))
+        return self.conv_pwl(x * gate)
+
+
+class Downsample(nn.Module):
+    """A residual block whose shortcut is a strided conv + BN, then a pooled Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv_a = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
+        self.bn_a = nn.BatchNorm2d(16)
+        self.conv_b = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn_b = nn.BatchNorm2d(16)
+        self.down = nn.Conv2d(8, 16, 1, stride=2, bias=False)
+        self.bn_down = nn.BatchNorm2d(16)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        y = self.bn_b(self.conv_b(torch.relu(self.bn_a(self.conv_a(x)))))
+        y = torch.relu(y + self.bn_down(self.down(x)))
+        return self.fc(torch.flatten(self.pool(y), 1))
+
+
+def convert_all(model: nn.Module, **options) -> nn.Module:
+    return ghostify.convert(model, skip_stem=False, skip_output=False, min_channels=1, **options).eval()
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(
+    cin=st.integers(1, 6), cout=st.integers(2, 12), kernel=st.sampled_from([1, 3]), stride=st.integers(1, 2),
+    padding=st.integers(0, 2), dilation=st.integers(1, 2), bias=st.booleans(), ratio=st.integers(2, 4),
+    dw_size=st.sampled_from([1, 3, 5]), size=st.integers(5, 11), seed=st.integers(0, 3),
+)
+def test_deploy_form_equals_train_form_over_the_conv_space(cin, cout, kernel, stride, padding, dilation, bias, ratio,
+                                                          dw_size, size, seed):
+    torch.manual_seed(seed)
+    model = trained_like_norms(Chain(cin, cout, kernel, stride, padding, dilation, bias), seed)
+    converted = convert_all(model, ratio=min(ratio, cout), dw_size=dw_size, include=["conv"], init="random")
+    ghost = converted.conv
+    ghost.out_index.copy_(torch.randperm(cout))  # any channel assignment, as the weight fit leaves it
+    x = torch.randn(2, cin, size, size)
+    deployed = deploy(converted)
+    with torch.no_grad():
+        expected, got = converted(x), deployed(x)
+    scale = expected.abs().max().item() + 1e-6
+    assert (got - expected).abs().max().item() <= 1e-4 * scale
+    layer = deployed.ghostify_deploy.layers[0]
+    assert isinstance(deployed.conv, DeployedGhostConv2d) and layer.folded_norm == "bn"
+    assert isinstance(deployed.bn, nn.Identity)
+    gaps = -(-cout // ghost.ratio) * ghost.ratio != cout and ghost.ratio > 2
+    if not gaps:  # the channel order went into the depthwise conv, its BN and the head
+        assert not layer.gather and deployed.conv.out_index is None
+
+
+def test_the_intrinsic_maps_shift_is_added_while_copying_and_under_autograd_and_compile():
+    torch.manual_seed(0)
+    model = trained_like_norms(Chain(3, 8, 3, 1, 1, 1, False))
+    converted = convert_all(model, include=["conv"])
+    deployed = deploy(converted)
+    assert deployed.conv.shifted and deployed.ghostify_deploy.layers[0].shifted
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        expected = converted(x)
+    assert torch.allclose(deployed(x.requires_grad_()), expected, atol=1e-5, rtol=1e-4)  # the autograd path
+    compiled = torch.compile(deployed, backend="eager")
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_residual_add_keeps_the_gather_and_says_why():
+    torch.manual_seed(0)
+    model = trained_like_norms(Residual(8))
+    converted = convert_all(model, include=["conv"])
+    deployed = deploy(converted)
+    layer = deployed.ghostify_deploy.layers[0]
+    assert layer.gather and layer.folded_norm == "bn"
+    assert "add" in layer.reasons[0]
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(deployed(x), converted(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("make, owner, joined, consumers", [
+    # the product's gate is made by conv_expand: it gathers straight into conv_pw's order
+    (SqueezeExcite, "conv_pw", "conv_expand", ["conv_reduce", "conv_pwl"]),
+    # the add's other operand is the shortcut conv: it joins conv_b's order, which the pooled Linear absorbs
+    (Downsample, "conv_b", "down", ["fc"]),
+])
+def test_a_product_or_add_takes_the_order_by_permuting_the_other_operands_conv(make, owner, joined, consumers):
+    torch.manual_seed(0)
+    model = trained_like_norms(make())
+    converted = convert_all(model, exclude=["stem"])
+    for module in converted.modules():  # any channel assignment, as the weight fit leaves it
+        if isinstance(module, ghostify.GhostConv2d):
+            module.out_index.copy_(torch.randperm(module.out_channels))
+    x = torch.randn(2, 3, 8, 8)
+    deployed = deploy(converted)
+    layers = {layer.name: layer for layer in deployed.ghostify_deploy.layers}
+    assert not layers[owner].gather and layers[joined].gather
+    assert layers[joined].reasons[-1] == f"gathers into the channel order of {owner}, whose region it joins"
+    with torch.no_grad():
+        expected = converted(x)
+        assert (deployed(x) - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+        for name in consumers:  # their weights now read the owner's order
+            assert not torch.equal(input_weight(deployed, name), input_weight(converted, name))
+
+
+def input_weight(model: nn.Module, name: str) -> torch.Tensor:
+    module = model.get_submodule(name)
+    return module.primary.weight if hasattr(module, "primary") else module.weight
+
+
+def test_a_zero_scale_norm_is_not_folded_and_outputs_still_match():
+    torch.manual_seed(0)
+    model = trained_like_norms(Chain(3, 8, 3, 1, 1, 1, False))
+    model.bn.weight.data[2] = 0.0  # e.g. timm's zero-initialised last BN of a residual block
+    converted = convert_all(model, include=["conv"])
+    deployed = deploy(converted)
+    layer = deployed.ghostify_deploy.layers[0]
+    assert layer.folded_norm is None and "zero scales" in layer.reasons[0]
+    assert isinstance(deployed.bn, nn.BatchNorm2d) and not layer.gather  # the order still moved through the BN
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(deployed(x), converted(x), atol=1e-5, rtol=1e-4)
+
+
+def test_deploy_leaves_the_converted_model_alone_and_refuses_what_it_cannot_deploy():
+    torch.manual_seed(0)
+    model = trained_like_norms(Chain(3, 8, 3, 1, 1, 1, False))
+    converted = convert_all(model, include=["conv"])
+    before = {k: v.clone() for k, v in converted.state_dict().items()}
+    deployed = deploy(converted)
+    assert all(torch.equal(before[k], v) for k, v in converted.state_dict().items())
+    with pytest.raises(ConfigError, match="already in deploy form"):
+        deploy(deployed)
+    with pytest.raises(ConfigError, match="convert it first"):
+        deploy(model)
+
+
+@pytest.mark.parametrize("spec", [
+    "resnet18", "mobilenetv3_small_050",  # residual adds, squeeze-excite products, BatchNormAct2d
+    "torchvision:shufflenet_v2_x0_5", "torchvision:squeezenet1_1",  # channel shuffle, concatenations
+    "torchvision:lraspp_mobilenet_v3_large",  # a dict output
+])
+def test_zoo_models_deploy_exactly(spec):
+    model = trained_like_norms(ghostify.resolve_model(spec).model)
+    converted = ghostify.convert(model).eval()
+    x = torch.randn(2, 3, 64, 64)
+    deployed = deploy(converted)
+    record = deployed.ghostify_deploy
+    assert record.gathers < len(record.layers)
+    with torch.no_grad():
+        expected, got = converted(x), deployed(x)
+    if isinstance(expected, dict):
+        expected, got = expected["out"], got["out"]
+    assert (got - expected).abs().max().item() <= 1e-4 * expected.abs().max().item()
+
+
+def test_deployed_model_saves_loads_and_exports(tmp_path):
+    torch.manual_seed(0)
+    model = trained_like_norms(Chain(3, 8, 3, 1, 1, 1, False))
+    converted = convert_all(model, include=["conv"])
+    x = torch.randn(2, 3, 8, 8)
+    deployed = deploy(converted)
+    assert all(t.is_leaf for t in (*deployed.parameters(), *deployed.buffers()))  # no autograd history kept
+    copy.deepcopy(deployed)
+    ghostify.save(deployed, tmp_path / "saved")
+    loaded = ghostify.load(tmp_path / "saved", base_model=model).eval()
+    assert isinstance(loaded.conv, DeployedGhostConv2d) and isinstance(loaded.bn, nn.Identity)
+    assert loaded.conv.shifted and not loaded.conv.gather
+    assert DeployRecord.from_dict(loaded.ghostify_deploy.to_dict()) == deployed.ghostify_deploy
+    with torch.no_grad():
+        expected = deployed(x)
+        assert torch.equal(loaded(x), expected)
+        exported = torch.export.export(deployed, (x,)).module()
+        assert torch.allclose(exported(x), expected, atol=1e-6)
+
+
+def test_onnx_round_trip_of_converted_and_deployed_models():
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    timm = pytest.importorskip("timm")
+    model = trained_like_norms(timm.create_model("resnet18"))
+    converted = ghostify.convert(model).eval()
+    x = torch.randn(1, 3, 64, 64)
+    for candidate in (converted, deploy(converted)):
+        program = torch.onnx.export(candidate, (x,), dynamo=True, verbose=False)
+        session = ort.InferenceSession(program.model_proto.SerializeToString())
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        with torch.no_grad():
+            expected = candidate(x).numpy()
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_cli_convert_deploy_writes_a_loadable_deploy_form_and_bench_times_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nets.py").write_text(
+        "import torch\nfrom torch import nn\n\n\ndef make():\n    torch.manual_seed(0)\n"
+        "    m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),"
+        " nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))\n"
+        "    for bn in (m[1], m[4]):\n        bn.bias.data.uniform_(-1, 1)\n        bn.running_mean.uniform_(-1, 1)\n"
+        "    return m\n"
+    )
+    result = runner.invoke(app, ["convert", "nets.py:make", "--input-size", "12", "--deploy", "-o", "out"])
+    assert result.exit_code == 0, result.output
+    # layer 3 (BN 4 folded, its order moved into conv 6); conv 6's order goes through the pool into the Linear head
+    assert "deploy form: 1 of 2 BatchNorms folded, 2 of 2 channel gathers folded into the next layers" in result.output
+    assert "MAC cross-check ok" in result.output
+    loaded = ghostify.load("out").eval()
+    original = ghostify.resolve_model("nets.py:make").model.eval()
+    reference = ghostify.convert(original).eval()
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), reference(x), atol=1e-5, rtol=1e-4)
+    assert isinstance(loaded[3], DeployedGhostConv2d) and isinstance(loaded[4], nn.Identity)
+    result = runner.invoke(app, ["bench", "out", "--repeats", "3", "--batch-sizes", "1"])
+    assert result.exit_code == 0 and "Speedup" in result.output, result.output
+    result = runner.invoke(app, ["bench", "out", "--repeats", "3", "--batch-sizes", "1", "--deploy"])
+    assert result.exit_code == 1 and "already in deploy form" in result.output
+    result = runner.invoke(app, ["bench", "nets.py:make", "--input-size", "12", "--repeats", "3", "--batch-sizes", "1", "--deploy"])
+    assert result.exit_code == 0 and "(deploy form)" in result.output, result.output
+    images = tmp_path / "images" / "a"
+    images.mkdir(parents=True)
+    for index in range(4):
+        Image.new("RGB", (12, 12), (index * 40, 10, 10)).save(images / f"{index}.png")
+    torch.save(original.state_dict(), tmp_path / "weights.pt")
+    result = runner.invoke(app, ["distill", "out", "--data", "images", "--epochs", "1", "-c", "weights.pt"])
+    assert result.exit_code == 1 and "deploy form" in result.output and "then deploy it" in result.output, result.output
