@@ -64,7 +64,9 @@ class BenchReport:
 
 
 def _timing(stats: LatencyStats) -> str:
-    return f"{human_ms(stats.median_ms)} ({stats.p10_ms:.3g}-{stats.p90_ms:.3g})"
+    """``'1995 ms (1921-2110)'``: the median and p10-p90, in the median's precision."""
+    spread = "-".join(human_ms(value).removesuffix(" ms") for value in (stats.p10_ms, stats.p90_ms))
+    return f"{human_ms(stats.median_ms)} ({spread})"
 
 
 def bench(

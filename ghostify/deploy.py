@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .errors import ConfigError
-from .ghost_module import GhostConv2d, intrinsic_channels
+from .ghost_module import GhostConv2d, intrinsic_channels, mirror_conv_geometry
 
 DEPLOY_ATTRIBUTE = "ghostify_deploy"
 DEPLOY_RECORD_VERSION = 1
@@ -77,8 +77,7 @@ class DeployedGhostConv2d(nn.Module):
         self.primary = nn.Conv2d(in_channels, m, kernel_size, stride=stride, padding=padding, dilation=dilation,
                                  bias=True, padding_mode=padding_mode, **factory)
         self.cheap = nn.Conv2d(m, m * (ratio - 1), dw_size, padding=dw_size // 2, groups=m, bias=True, **factory)
-        self.kernel_size, self.stride, self.padding = self.primary.kernel_size, self.primary.stride, self.primary.padding
-        self.dilation, self.groups, self.padding_mode = self.primary.dilation, 1, self.primary.padding_mode
+        mirror_conv_geometry(self, self.primary)
         self.register_buffer("intrinsic_shift", torch.zeros(m, **factory))
         self.shifted = shifted
         self.gather = gather
@@ -157,6 +156,8 @@ class DeployRecord:
 
     def summary(self) -> str:
         n = len(self.layers)
+        if n == 0:
+            return "deploy form: nothing to fold (no ghost modules)"
         return (f"deploy form: {self.folded_norms} of {n} BatchNorms folded, "
                 f"{n - self.gathers} of {n} channel gathers folded into the next layers")
 
@@ -519,9 +520,9 @@ def deploy(model: nn.Module, *, fold_norms: bool = True, fold_order: bool = True
     """
     from .convert import PLAN_ATTRIBUTE, copy_model, get_plan
 
-    if not any(type(m) is GhostConv2d for m in model.modules()):
-        if any(isinstance(m, DeployedGhostConv2d) for m in model.modules()):
-            raise ConfigError("the model is already in deploy form.")
+    if get_deploy_record(model) is not None or any(isinstance(m, DeployedGhostConv2d) for m in model.modules()):
+        raise ConfigError("the model is already in deploy form.")
+    if get_plan(model) is None and not any(type(m) is GhostConv2d for m in model.modules()):
         raise ConfigError("the model has no ghost modules to deploy; convert it first (ghostify.convert).")
     deployed = copy_model(model).eval()
     folds = _plan_folds(deployed, fold_norms, fold_order)

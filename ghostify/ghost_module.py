@@ -31,6 +31,13 @@ def intrinsic_channels(out_channels: int, ratio: int) -> int:
     return math.ceil(out_channels / ratio)
 
 
+def mirror_conv_geometry(module: nn.Module, primary: nn.Module) -> None:
+    """Give a ghost module the geometry of the conv it replaced (its primary conv's), for code that reads
+    it from the module (timm's DaViT reads ``kernel_size``); ``groups`` is 1, as for every converted conv."""
+    module.kernel_size, module.stride, module.padding = primary.kernel_size, primary.stride, primary.padding
+    module.dilation, module.groups, module.padding_mode = primary.dilation, 1, primary.padding_mode
+
+
 def check_ghost_params(ratio: int, dw_size: int) -> None:
     """Raise ``ConfigError`` unless ``ratio`` is an int >= 1 and ``dw_size`` an odd int >= 1."""
     if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1:
@@ -108,9 +115,7 @@ class _GhostConvNd(nn.Module):
         self.cheap = conv_type(
             m, m * (ratio - 1), dw_size, stride=1, padding=dw_size // 2, groups=m, bias=bias, **factory
         )
-        # The replaced conv's geometry, for code that reads it from the module (timm's DaViT reads kernel_size)
-        self.kernel_size, self.stride, self.padding = self.primary.kernel_size, self.primary.stride, self.primary.padding
-        self.dilation, self.groups, self.padding_mode = self.primary.dilation, 1, self.primary.padding_mode
+        mirror_conv_geometry(self, self.primary)
         # Which of the m*ratio concatenated maps becomes output channel j. Default: intrinsic
         # maps first, then ghosts, cut to out_channels (the official layout).
         self.register_buffer("out_index", torch.arange(out_channels, device=device))

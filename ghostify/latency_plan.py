@@ -30,7 +30,7 @@ from .ghost_module import GhostConv2d
 from .graph_pass import VARIANTS
 from .errors import ConfigError
 from .measure import count_macs, example_input, layer_macs, observe_modules, resolve_device, time_interleaved
-from .selection import ConversionPlan, LayerPlan
+from .selection import SLOWER_AS_GHOST, ConversionPlan, LayerPlan
 
 # (conv, ghost module, input, device) -> (conv ms, ghost ms); tests pass a fake one
 LayerTimer = Callable[[nn.Module, nn.Module, torch.Tensor, torch.device], "tuple[float, float]"]
@@ -110,7 +110,7 @@ def plan_for_latency(
         conv_ms, ghost_ms = layer.latency_ms
         if ghost_ms >= conv_ms and layer.name not in chosen:
             layer.convert, layer.ratio, layer.intrinsic_channels = False, 1, None
-            layer.reason = (f"slower as a ghost module: {ghost_ms:.3g} ms vs {conv_ms:.3g} ms as a conv "
+            layer.reason = (f"{SLOWER_AS_GHOST}: {ghost_ms:.3g} ms vs {conv_ms:.3g} ms as a conv "
                             f"(batch {batch_size}, {target})")
     return plan
 

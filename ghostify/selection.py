@@ -34,6 +34,8 @@ def conv_kind(dims: int | None, transposed: bool = False) -> str:
     return f"Conv{'Transpose' if transposed else ''}{dims or 2}d"
 
 
+SLOWER_AS_GHOST = "slower as a ghost module"  # the start of the reason --target latency gives a kept layer
+
 @dataclass
 class ConvSite:
     """A conv found in the model: a ``Conv1d``/``Conv2d``/``Conv3d`` (or transposed) module, or a functional
@@ -121,7 +123,9 @@ class ConversionPlan:
             return None
         if not self.layers:
             return "nothing was converted: the model has no conv layer (Conv1d, Conv2d or Conv3d) and no conv call."
-        counts = Counter(layer.reason for layer in self.layers)
+        # timed layers each have their own numbers: count them as one reason
+        counts = Counter(SLOWER_AS_GHOST if (layer.reason or "").startswith(SLOWER_AS_GHOST) else layer.reason
+                         for layer in self.layers)
         reasons = "; ".join(f"{reason} ({n} layer{'s' if n != 1 else ''})" for reason, n in counts.most_common(most))
         more = f"; and {len(counts) - most} other reasons" if len(counts) > most else ""
         convs = f"{len(self.layers)} conv{'s' if len(self.layers) != 1 else ''}"

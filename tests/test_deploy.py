@@ -222,6 +222,11 @@ def test_deploy_leaves_the_converted_model_alone_and_refuses_what_it_cannot_depl
         deploy(deployed)
     with pytest.raises(ConfigError, match="convert it first"):
         deploy(model)
+    nothing = deploy(ghostify.convert(model, min_channels=10_000))  # e.g. --target latency kept every layer
+    assert nothing.ghostify_deploy.summary() == "deploy form: nothing to fold (no ghost modules)"
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(nothing(x), model(x))
 
 
 @pytest.mark.parametrize("spec", [

@@ -42,6 +42,13 @@ def test_layers_a_ghost_module_slows_down_are_kept_with_their_timings():
         ghostify.convert(model, plan=plan, ratio=3)
 
 
+def test_when_every_timed_layer_is_slower_nothing_is_converted_and_the_warning_counts_them_as_one_reason():
+    plan = ghostify.plan_for_latency(tiny(), input_size=(3, 16, 16), timer=lambda conv, ghost, x, device: (1.0, 1.0 + x.shape[-1]))
+    assert not plan.converted
+    assert plan.why_nothing_converted().startswith(
+        "nothing was converted (3 convs): slower as a ghost module (2 layers); stem conv (skip_stem) (1 layer).")
+
+
 def test_a_plan_for_deployment_times_the_deploy_form():
     seen = []
 
