@@ -71,6 +71,9 @@ def check_one(spec: str, family: str, size: int, max_params: float) -> dict:
     torch.set_num_threads(1)
     start = time.perf_counter()
     row: dict = {"model": spec, "family": family}
+    quick = _params_on_meta(spec)  # a 3B-parameter model is skipped without building its weights
+    if quick is not None and quick > max_params * 1e6:
+        return {**row, "params_m": round(quick / 1e6, 2), "skipped": f"more than {max_params:g} M parameters"}
     model = ghostify.resolve_model(spec).model.eval()
     params = sum(p.numel() for p in model.parameters())
     row["params_m"] = round(params / 1e6, 2)
@@ -163,6 +166,26 @@ def _structure(output) -> object:
     if isinstance(output, (list, tuple)):
         return [_structure(value) for value in output]
     return type(output).__name__
+
+
+def _params_on_meta(spec: str) -> int | None:
+    """Parameters of a timm or torchvision model built on the meta device (no memory, no init); None if that fails."""
+    import torch
+
+    source, _, name = spec.partition(":")
+    try:
+        with torch.device("meta"):
+            if source == "timm":
+                import timm
+
+                model = timm.create_model(name)
+            else:
+                import torchvision
+
+                model = torchvision.models.get_model(name, weights=None)
+        return sum(p.numel() for p in model.parameters())
+    except Exception:  # noqa: BLE001 - the full build below decides
+        return None
 
 
 # ----- the whole set (the parent process) ----------------------------------------------------------
