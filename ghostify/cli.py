@@ -176,12 +176,6 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(code=1)
 
 
-def _parse_input_size(text: str | None) -> tuple[int, ...] | None:
-    """``--input-size`` as numbers (S is 3,S,S); None when not given. ``input_size_for`` checks them against the
-    model once it is built (C,L for a Conv1d model, C,H,W for a Conv2d one, C,T,H,W for a Conv3d one)."""
-    return parse_input_size(text)
-
-
 def _parse_layer_ratios(rules: list[str] | None) -> list[tuple[str, int]]:
     parsed = []
     for rule in rules or []:
@@ -411,7 +405,7 @@ def convert(
             stdout.quiet = True
         config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, skip_output,
                          variant.value, init.value if init is not None else None)
-        size = explicit_size = _parse_input_size(input_size)  # a typo fails before the model is built
+        size = explicit_size = parse_input_size(input_size)  # a typo fails before the model is built
         norm_mean, norm_std = _parse_floats("--mean", mean), _parse_floats("--std", std)
         options = _training_options(epochs, batch_size, lr, seed)
         _check_convert_options(recovering, distill, data, val_data, data_limit, calibration_samples, options, resume, output)
@@ -529,7 +523,7 @@ def distill_command(
         ckpt = checkpoint_file(target)
         if not is_main_process():
             stdout.quiet = True
-        size = _parse_input_size(input_size)
+        size = parse_input_size(input_size)
         norm_mean, norm_std = _parse_floats("--mean", mean), _parse_floats("--std", std)
         options = _training_options(epochs, batch_size, lr, seed)
         if not data:
@@ -629,7 +623,7 @@ def inspect(
 ) -> None:
     """Show every conv of MODEL: shape, dilation, MACs, whether it would be converted, at what ratio and saving, and why not."""
     config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, skip_output)
-    size = _parse_input_size(input_size)
+    size = parse_input_size(input_size)
     resolved = _resolve(model, checkpoint, trust_checkpoint, False)
     size = input_size_for(resolved.model, size)
     _show_plan(resolved.model, _make_plan(resolved.model, config, target, size, target_batch, device, budget=budget), size)
@@ -655,7 +649,7 @@ def compare_command(
 
     ORIGINAL with random weights is built under the seed CONVERTED records; a warning says when ORIGINAL is not the model CONVERTED was converted from (another model, checkpoint or seed), as accuracy and agreement then compare unrelated models.
     """
-    size = _parse_input_size(input_size)
+    size = parse_input_size(input_size)
     if output is not None:  # before the slow work, not after it
         check_output_path(output, force=force, inputs=[original, original.rpartition(":")[0], converted, checkpoint])
     converted_path = Path(converted)
@@ -715,7 +709,7 @@ def sweep(
     """Convert MODEL at several ratios and compare them in one report (accuracy vs MACs with --data)."""
     ratio_list = parse_ratios(ratios)
     config = _config(ratio_list[0], dw_size, include, exclude, None, min_channels, skip_stem, skip_pointwise, skip_output)
-    size = explicit_size = _parse_input_size(input_size)
+    size = explicit_size = parse_input_size(input_size)
     if save_models and output is None:
         raise ConfigError("--save-models saves the converted models in the output directory: pass -o DIR too.")
     if output is not None:  # before the slow work, not after it
@@ -751,7 +745,7 @@ def bench_command(
     deploy: DeployOpt = False,
 ) -> None:
     """Time the converted model against the original: medians of interleaved runs per batch size, eager and compiled."""
-    sizes = _parse_input_size(input_size)
+    sizes = parse_input_size(input_size)
     batches = parse_batch_sizes(batch_sizes)
     path = Path(model)
     if path.is_dir():

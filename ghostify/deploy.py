@@ -80,8 +80,12 @@ class DeployedGhostConv2d(nn.Module):
         mirror_conv_geometry(self, self.primary)
         self.register_buffer("intrinsic_shift", torch.zeros(m, **factory))
         self.shifted = shifted
-        self.gather = gather
         self.register_buffer("out_index", torch.arange(out_channels, device=device) if gather else None)
+
+    @property
+    def gather(self) -> bool:
+        """Whether the output is gathered into the original channel order (else it keeps its natural order)."""
+        return self.out_index is not None
 
     @property
     def intrinsic_channels(self) -> int:
@@ -245,11 +249,6 @@ def _dense_consumer(module: nn.Module) -> bool:
     return type(module) in (GhostConv2d, DeployedGhostConv2d) and module.primary.groups == 1
 
 
-def _tensor_args(node: fx.Node) -> list[fx.Node]:
-    """The graph values ``node`` reads, also those inside lists (``torch.cat([a, b])``)."""
-    return list(node.all_input_nodes)
-
-
 def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
     """What a graph node does, for a reason: ``a residual add (add_2)``, ``AdaptiveAvgPool2d global_pool``."""
     if node.op == "call_module":
@@ -272,7 +271,7 @@ def _is_elementwise(node: fx.Node) -> bool:
 
 
 def _is_binary(node: fx.Node) -> bool:
-    return (len(_tensor_args(node)) == 2 and (node.op == "call_function" and node.target in _BINARY_FUNCTIONS
+    return (len(node.all_input_nodes) == 2 and (node.op == "call_function" and node.target in _BINARY_FUNCTIONS
                                               or node.op == "call_method" and node.target in _BINARY_METHODS))
 
 
@@ -282,7 +281,7 @@ def _pooled_layout(node: fx.Node, module: nn.Module | None, layout: str) -> str 
         if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and module.output_size in (1, (1, 1)):
             return "pooled"
         if type(module).__name__ == "SelectAdaptivePool2d" and getattr(module, "pool_type", "") in ("avg", "max", "avgmax"):
-            return "flat" if module.is_identity() is False and isinstance(module.flatten, nn.Flatten) else "pooled"
+            return "flat" if isinstance(module.flatten, nn.Flatten) else "pooled"
         if isinstance(module, nn.Flatten) and module.start_dim == 1 and layout == "pooled":
             return "flat"
         return None
@@ -312,17 +311,17 @@ def _follow(start: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int]
         _, node = heapq.heappop(heap)
         if node in layout:
             continue
-        state = next(layout[a] for a in _tensor_args(node) if a in layout)
+        state = next(layout[a] for a in node.all_input_nodes if a in layout)
         if node.op == "output":
             return found, "its output is a model output"
         if node.op == "call_module" and calls.get(node.target, 0) != 1:
             return found, f"{node.target} runs more than once"
         module = modules.get(node.target) if node.op == "call_module" else None
-        single = len(_tensor_args(node)) == 1
+        single = len(node.all_input_nodes) == 1
         if single and module is not None and state != "flat" and _dense_consumer(module):
             found.consumers.append(node.target)
             continue
-        if single and isinstance(module, nn.Linear) and state == "flat" and type(module) is nn.Linear:
+        if single and type(module) is nn.Linear and state == "flat":
             found.consumers.append(node.target)
             continue
         pooled = _pooled_layout(node, module, state) if single else None
@@ -334,12 +333,12 @@ def _follow(start: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int]
         elif single and module is not None and state == "map" and isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
             pass
         elif _is_binary(node) and state != "flat":
-            others = [a for a in _tensor_args(node) if a not in layout]
+            others = [a for a in node.all_input_nodes if a not in layout]
             for other in others:
-                reason = _retarget(other, node, modules, calls, folded_norm_of, claimed, found)
+                reason = _retarget(other, modules, calls, folded_norm_of, claimed, found)
                 if reason is not None:
                     return found, f"{_describe(node, modules)} needs the original channel order ({reason})"
-            state = "map" if "map" in [layout.get(a, "map") for a in _tensor_args(node)] else state
+            state = "map" if "map" in [layout.get(a, "map") for a in node.all_input_nodes] else state
         elif not (single and _is_elementwise(node)):
             return found, f"{_describe(node, modules)} needs the original channel order"
         layout[node] = state
@@ -348,10 +347,10 @@ def _follow(start: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int]
     return found, None
 
 
-def _retarget(other: fx.Node, binary: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int],
+def _retarget(other: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int],
               folded_norm_of: dict[str, str | None], claimed: set[str], found: _Fold) -> str | None:
-    """Make ``other`` (an operand of ``binary``) come in the region's order: walk back through per-channel
-    ops that only feed ``binary`` to the conv that makes it, and permute that conv's outputs (a ghost
+    """Make ``other`` (an operand of an add or product) come in the region's order: walk back through
+    per-channel ops that only feed that add to the conv that makes it, and permute that conv's outputs (a ghost
     module: gather into the order). None when done, else why not."""
     chain: list[str] = []
     node = other
@@ -361,7 +360,7 @@ def _retarget(other: fx.Node, binary: fx.Node, modules: dict[str, nn.Module], ca
         module = modules.get(node.target) if node.op == "call_module" else None
         if node.op == "call_module" and calls.get(node.target, 0) != 1:
             return f"{node.target} runs more than once"
-        if len(_tensor_args(node)) != 1:
+        if len(node.all_input_nodes) != 1:
             return f"{node.name} is not made by a conv"
         if module is not None and (type(module) is nn.Conv2d and module.groups == 1 or type(module) is GhostConv2d):
             if module.out_channels == 1:  # broadcast over channels: any order will do
@@ -378,13 +377,13 @@ def _retarget(other: fx.Node, binary: fx.Node, modules: dict[str, nn.Module], ca
                 chain.append(node.target)
         elif not _is_elementwise(node):
             return f"{node.name} is not made by a conv"
-        node = _tensor_args(node)[0]
+        node = node.all_input_nodes[0]
 
 
 def _norm_to_fold(node: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int]) -> tuple[str | None, str | None]:
     """The BatchNorm right after ghost module ``node`` that can be folded into it, or why not (None, None: no BN)."""
     users = list(node.users)
-    if len(users) != 1 or users[0].op != "call_module" or len(_tensor_args(users[0])) != 1:
+    if len(users) != 1 or users[0].op != "call_module" or len(users[0].all_input_nodes) != 1:
         return None, None
     name, norm = users[0].target, modules[users[0].target]
     if not _foldable_norm(norm):

@@ -108,16 +108,6 @@ def _build(spec: str) -> nn.Module:
     return model
 
 
-def _shapes(output):
-    if isinstance(output, torch.Tensor):
-        return tuple(output.shape)
-    if isinstance(output, dict):
-        if "boxes" in output:  # detections: how many depends on the weights, their fields do not
-            return sorted(output)
-        return {key: _shapes(value) for key, value in output.items()}
-    return [_shapes(value) for value in output]
-
-
 @pytest.mark.parametrize("spec, size", ZOO, ids=[spec for spec, _ in ZOO])
 def test_zoo_model_converts_and_runs(spec, size):
     model = _build(spec)
@@ -134,11 +124,13 @@ def test_zoo_model_converts_and_runs(spec, size):
     assert all(reason.startswith(allowed) for reason in kept.values()), kept
     x = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert _shapes(converted(x)) == _shapes(model(x))
+        structure = _zoo_coverage()._structure  # output shapes; detections by their fields
+        assert structure(converted(x)) == structure(model(x))
 
 
 # ----- the whole zoo: slow, deselected by default ----------------------------------------------------
 
+@functools.cache
 def _zoo_coverage():
     """benchmarks/zoo_coverage.py as a module (it measures one model in ``check_one``)."""
     spec = importlib.util.spec_from_file_location("zoo_coverage", REPO / "benchmarks" / "zoo_coverage.py")
