@@ -99,13 +99,15 @@ class DeployedGhostConv2d(nn.Module):
             ghosts = ghosts[:, :self.out_channels - m]
         if not self.shifted:
             out = torch.cat([intrinsic, ghosts], dim=1)
-        elif ghosts.requires_grad or torch.compiler.is_compiling():
+        elif ghosts.requires_grad or torch.jit.is_scripting() or torch.compiler.is_compiling():
             out = torch.cat([intrinsic + self.intrinsic_shift[:, None, None], ghosts], dim=1)
         else:  # the shift rides along with the copy into the output: no extra pass over the maps
-            out = intrinsic.new_empty((intrinsic.shape[0], m + ghosts.shape[1], *intrinsic.shape[2:]))
+            size = list(intrinsic.shape)
+            size[1] = m + ghosts.shape[1]
+            out = intrinsic.new_empty(size)
             torch.add(intrinsic, self.intrinsic_shift[:, None, None], out=out[:, :m])
             out[:, m:].copy_(ghosts)
-        return out.index_select(1, self.out_index) if self.gather else out
+        return out if self.out_index is None else out.index_select(1, self.out_index)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -14,8 +14,12 @@ at several sites, becomes one shared ghost module.
 
 from __future__ import annotations
 
+import ast
 import copy
+import functools
+import inspect
 import operator
+import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -270,16 +274,20 @@ def _conv_sites(model: nn.Module) -> tuple[list[ConvSite], str, str | None]:
         sites = [_module_site(n, c, 1, aliases[id(c)]) for n, c in convs.items()]
         if sites:
             sites[0].is_stem = True
+        _mark_reads_in_untraced_code(model, sites, dict.fromkeys(convs, ""))
         return sites, "module", note
 
     params = dict(model.named_parameters(remove_duplicate=False))
     calls: dict[str, int] = {}
     order: list[tuple[str, Any]] = []
+    untraced: dict[str, str] = {}  # conv -> the leaf module FX did not trace into that runs it
     for node in graph.nodes:
         if node.op == "call_module":
             # a conv, or a leaf FX did not trace into (timm's not-traceable modules): its convs run when it does
             inside = [node.target] if node.target in convs else [n for n in convs if n.startswith(f"{node.target}.")]
             for name in inside:
+                if name != node.target:
+                    untraced[name] = node.target
                 if name not in calls:
                     order.append(("module", name))
                 calls[name] = calls.get(name, 0) + 1
@@ -300,12 +308,81 @@ def _conv_sites(model: nn.Module) -> tuple[list[ConvSite], str, str | None]:
         read = next((t for t in reads for n in (site.name, *site.aliases) if site.kind == "module" and t.startswith(n + ".")), None)
         if read is not None and site.unsupported is None:
             site.unsupported = f"forward also reads {read} directly; a ghost module has no such tensor"
+    _mark_reads_in_untraced_code(model, sites, untraced)
     called = {id(convs[name]) for name in calls}
     for name, conv in convs.items():  # registered but never run: reported, never converted
         if id(conv) not in called:
             called.add(id(conv))
             sites.append(_module_site(name, conv, 0, aliases[id(conv)]))
     return sites, "fx", None
+
+
+def _mark_reads_in_untraced_code(model: nn.Module, sites: list[ConvSite], scopes: dict[str, str]) -> None:
+    """Keep each conv whose attributes code FX did not trace reads (``self.proj.weight.device`` in a leaf module).
+
+    ``scopes`` maps a conv's name to the module whose code FX did not see ("" for the whole model). The
+    source of that module and of every module between it and the conv is read (``forward`` and the
+    methods it calls); an attribute of the conv that a ghost module does not have is a read that would
+    fail or change meaning after conversion.
+    """
+    for site in sites:
+        if site.kind != "module" or site.unsupported is not None or site.name not in scopes:
+            continue
+        scope = scopes[site.name]
+        parts = site.name.split(".")
+        first = len(scope.split(".")) if scope else 0
+        for depth in range(first, len(parts)):
+            owner = model.get_submodule(".".join(parts[:depth]))
+            attribute = next((a for a in _attributes_read(type(owner), tuple(parts[depth:])) if not _ghost_answers(a)), None)
+            if attribute is not None:
+                site.unsupported = (f"{type(owner).__name__}.forward reads {site.name}.{attribute} (code torch.fx does not "
+                                    "trace); a ghost module has no such attribute")
+                break
+
+
+@functools.cache
+def _ghost_answers(attribute: str) -> bool:
+    """Whether a ghost module has ``attribute`` as a conv does (its geometry, nn.Module's own members)."""
+    return hasattr(LINEAR_GHOSTS[2].like(nn.Conv2d(4, 4, 3), 2, 3), attribute)
+
+
+@functools.cache
+def _attributes_read(cls: type, path: tuple[str, ...]) -> tuple[str, ...]:
+    """Attributes of ``self.<path>`` that ``cls.forward`` (and the methods of ``cls`` it calls) read, not counting
+    calls of ``self.<path>`` itself; () when the source cannot be read (a C extension, a class made at run time)."""
+    methods: dict[str, ast.FunctionDef] = {}
+    for klass in reversed([k for k in cls.__mro__ if not k.__module__.startswith("torch.")]):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        methods.update({f.name: f for f in body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))})
+    found: list[str] = []
+    pending, visited = ["forward"], set()
+    while pending:
+        name = pending.pop()
+        if name in visited or name not in methods:
+            continue
+        visited.add(name)
+        for node in ast.walk(methods[name]):
+            chain = _self_chain(node)
+            if chain is None:
+                continue
+            if len(chain) > len(path) and chain[:len(path)] == path and chain[len(path)] not in found:
+                found.append(chain[len(path)])
+            if len(chain) == 1 and chain[0] in methods:
+                pending.append(chain[0])  # self.helper(...): its reads count too
+    return tuple(found)
+
+
+def _self_chain(node: ast.AST) -> tuple[str, ...] | None:
+    """``self.a.b.c`` as ("a", "b", "c"); None for anything else."""
+    names = []
+    while isinstance(node, ast.Attribute):
+        names.append(node.attr)
+        node = node.value
+    return tuple(reversed(names)) if isinstance(node, ast.Name) and node.id == "self" and names else None
 
 
 def _mixes_channels(module: nn.Module) -> bool:

@@ -20,6 +20,7 @@ How channels are chosen and ordered:
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 from collections.abc import Sequence
@@ -74,49 +75,60 @@ def group_channels(gain: torch.Tensor, ratio: int, source_value: torch.Tensor | 
     plus the gain of its ``ratio - 1`` best free channels is largest, give it those channels,
     repeat until every channel is taken (exactly ``ceil(n / ratio)`` sources).
     Ties go to the lower channel index, so the result is deterministic.
+
+    Lazy greedy: a row's score can only fall as channels are taken, so rows wait in a max-heap
+    under their last score and are re-scored only when they reach the top holding a taken
+    channel (the same choices as re-scoring every row each round). A re-score reads the row's
+    best channels, sorted once; only a row whose sorted ones are all taken is searched again.
     """
     n = gain.shape[0]
     gain = gain.detach().double().cpu().clone()
     gain.fill_diagonal_(float("-inf"))  # a channel is never its own ghost
-    masked = gain.clone()  # gain with the taken channels' columns at -inf
-    free = torch.ones(n, dtype=torch.bool)
-    remaining = n
-    k = min(ratio - 1, n - 1)
-    top_values = top_indices = None
-    own = torch.zeros(n, dtype=torch.float64) if source_value is None else source_value.detach().double().cpu()
-    if k > 0:  # each row's best k free channels, kept up to date lazily
-        top = masked.topk(k, dim=1)
-        top_values, top_indices = top.values.sum(dim=1), top.indices
+    own = [0.0] * n if source_value is None else source_value.detach().double().cpu().tolist()
+    ranked = gain.topk(min(n, max(4 * (ratio - 1), 32)), dim=1)  # each row's best channels, best first
+    ranked_values, ranked_indices = ranked.values.tolist(), ranked.indices.tolist()
+    taken = torch.zeros(n, dtype=torch.bool)
+    is_free = [True] * n
     sources: list[int] = []
     ghosts: list[list[int]] = []
+    remaining = n
+    k = -1  # the group size - 1 the heap was scored for
+    heap: list[tuple[float, int]] = []
+    best: dict[int, list[int]] = {}  # row -> its best k free channels when last scored
+
+    def score(rows: list[int], size: int) -> None:
+        for row in rows:
+            picked = [j for j in ranked_indices[row] if is_free[j]][:size]
+            if len(picked) == size:
+                total = math.fsum(gain_value for j, gain_value in zip(ranked_indices[row], ranked_values[row]) if j in picked)
+            else:  # every ranked channel of this row is taken: search the whole row
+                values, indices = gain[row].masked_fill(taken, float("-inf")).topk(size)
+                picked, total = indices.tolist(), math.fsum(values.tolist())
+            best[row] = picked
+            heapq.heappush(heap, (-(total + own[row]), row))
+
     while remaining:
         k_now = min(ratio - 1, remaining - 1)
         if k_now == 0:
-            source, picked = int(torch.nonzero(free)[0]), []
+            source, picked = is_free.index(True), []
         else:
-            if k_now < k:  # the last group is short: rank the free rows by their k_now best
-                top = masked[free].topk(k_now, dim=1)
-                rows = torch.nonzero(free).flatten()
-                top_values = torch.full((n,), float("-inf"), dtype=torch.float64)
-                top_values[rows] = top.values.sum(dim=1)
-                top_indices = torch.zeros(n, k_now, dtype=torch.long)
-                top_indices[rows] = top.indices
-                k = k_now
-            values = (top_values + own).masked_fill(~free, float("-inf"))
-            source = int(torch.nonzero(values == values.max())[0])  # ties: the lowest channel
-            picked = top_indices[source].tolist()
+            if k_now != k:  # the first round, or the last group is short: score every free row anew
+                k, heap = k_now, []
+                score([row for row in range(n) if is_free[row]], k)
+            while True:
+                _, source = heapq.heappop(heap)
+                if not is_free[source]:
+                    continue
+                if all(is_free[j] for j in best[source]):
+                    break
+                score([source], k)  # it held a taken channel: back in line under its current score
+            picked = best[source]
         sources.append(source)
-        ghosts.append(sorted(picked, key=lambda j: -float(gain[source, j])))
-        taken = [source, *picked]
-        free[taken] = False
-        remaining -= len(taken)
-        masked[:, taken] = float("-inf")
-        if remaining - 1 >= k > 0:  # (else the next, last and short, group re-ranks every free row)
-            # only the rows whose best k held a channel just taken change
-            rows = torch.nonzero(free & torch.isin(top_indices, torch.tensor(taken)).any(dim=1)).flatten()
-            if len(rows):
-                top = masked[rows].topk(k, dim=1)
-                top_values[rows], top_indices[rows] = top.values.sum(dim=1), top.indices
+        ghosts.append(picked)
+        for channel in (source, *picked):
+            is_free[channel] = False
+            taken[channel] = True
+        remaining -= 1 + len(picked)
     return ChannelAssignment(sources, ghosts)
 
 

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 import ghostify
 from ghostify.cli import app
 from ghostify.deploy import DeployedGhostConv2d, DeployRecord, deploy
+from ghostify.ghost_module import GhostConv1d, GhostConv3d
 from ghostify.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -282,6 +283,26 @@ def test_onnx_round_trip_of_converted_and_deployed_models():
         with torch.no_grad():
             expected = candidate(x).numpy()
         assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_torchscript_of_converted_and_deployed_models(tmp_path):
+    timm = pytest.importorskip("timm")
+    model = trained_like_norms(timm.create_model("resnet18"))
+    converted = ghostify.convert(model).eval()
+    deployed = deploy(converted)
+    assert any(layer.shifted for layer in deployed.ghostify_deploy.layers)  # the shifted copy path is scripted too
+    x = torch.randn(2, 3, 64, 64)
+    for candidate in (converted, deployed):
+        with torch.no_grad():
+            expected = candidate(x)
+            scripted = torch.jit.script(candidate)
+            scripted.save(str(tmp_path / "model.pt"))
+            assert torch.allclose(torch.jit.load(str(tmp_path / "model.pt"))(x), expected, atol=1e-5)
+            assert torch.allclose(torch.jit.trace(candidate, x)(x), expected, atol=1e-5)
+    for ghost in (GhostConv1d.like(nn.Conv1d(4, 8, 3), 2, 3), GhostConv3d.like(nn.Conv3d(4, 8, 3), 2, 3)):
+        probe = torch.randn(1, 4, *(5,) * len(ghost.kernel_size))
+        with torch.no_grad():
+            assert torch.equal(torch.jit.script(ghost)(probe), ghost(probe))
 
 
 def test_cli_convert_deploy_writes_a_loadable_deploy_form_and_bench_times_it(tmp_path, monkeypatch):

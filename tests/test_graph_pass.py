@@ -742,6 +742,71 @@ def test_convs_inside_modules_fx_keeps_as_leaves_are_converted():
         assert ghostify.convert(model)(x).shape == model(x).shape
 
 
+class _Encoding(nn.Module):
+    """Like timm's PositionalEncodingFourier: reads its conv's weight for the device and dtype, in a helper."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(8, 16, 1)
+        self.mix = nn.Conv2d(16, 16, 3, padding=1)
+
+    def _grid(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ones(x.shape[0], 8, *x.shape[2:], device=self.proj.weight.device, dtype=self.proj.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mix(self.proj(self._grid(x)) + x)
+
+
+class _ReadsInsideLeaf(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.encoding = _Encoding()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoding(self.stem(x))
+
+
+class _ReadsAndBranches(DataDependent):
+    """Not traceable (branches on data), and reads conv2's bias: the module walk must see the read too."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.conv2.bias.view(1, -1, 1, 1)
+
+
+def test_convs_whose_attributes_untraced_code_reads_are_kept_with_a_reason(monkeypatch):
+    from ghostify.graph_pass import GhostifyTracer
+
+    leaf = GhostifyTracer.is_leaf_module
+    monkeypatch.setattr(GhostifyTracer, "is_leaf_module", lambda self, m, name: isinstance(m, _Encoding) or leaf(self, m, name))
+    torch.manual_seed(0)
+    model = _ReadsInsideLeaf().eval()
+    plan = ghostify.plan_conversion(model)
+    assert plan.trace == "fx"
+    assert plan.layer("encoding.proj").reason == (
+        "_Encoding.forward reads encoding.proj.weight (code torch.fx does not trace); a ghost module has no such attribute")
+    assert plan.layer("encoding.mix").convert  # only called: converts
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert ghostify.convert(model)(x).shape == model(x).shape
+
+    walked = _ReadsAndBranches().eval()
+    plan = ghostify.plan_conversion(walked, skip_stem=True)
+    assert plan.trace == "module"
+    assert "reads conv2.bias" in plan.layer("conv2").reason and plan.layer("conv3").convert
+    with torch.no_grad():
+        assert ghostify.convert(walked, skip_stem=True)(x).shape == walked(x).shape
+
+
+def test_edgenext_converts_and_keeps_the_conv_its_positional_encoding_reads():
+    model = timm.create_model("edgenext_xx_small").eval()
+    plan = ghostify.plan_conversion(model)
+    assert "reads stages.1.blocks.1.pos_embd.token_projection.weight" in plan.layer("stages.1.blocks.1.pos_embd.token_projection").reason
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert ghostify.convert(model)(x).shape == model(x).shape == (1, 1000)
+
+
 @pytest.mark.parametrize("make", [
     lambda: timm.layers.StdConv2d(8, 16, 3),
     lambda: timm.layers.ScaledStdConv2d(8, 16, 3, stride=2),

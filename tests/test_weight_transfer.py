@@ -79,6 +79,48 @@ def test_group_channels_partitions_any_gain(n, ratio):
         assert all(len(gs) == ratio - 1 for gs in assignment.ghosts[:-1])
 
 
+def _greedy_reference(gain: torch.Tensor, ratio: int, own: torch.Tensor) -> tuple[list[int], list[list[int]]]:
+    """The grouping rule done the slow, obvious way: every round, score every free row anew."""
+    n = gain.shape[0]
+    free = list(range(n))
+    sources, ghosts = [], []
+    while free:
+        k = min(ratio - 1, len(free) - 1)
+        scored = []
+        for row in free:
+            others = sorted((j for j in free if j != row), key=lambda j: -float(gain[row, j]))[:k]
+            scored.append((-(sum(float(gain[row, j]) for j in others) + float(own[row])), row, others))
+        _, row, picked = min(scored)
+        sources.append(row)
+        ghosts.append(picked)
+        free = [j for j in free if j != row and j not in picked]
+    return sources, ghosts
+
+
+@pytest.mark.parametrize("n, ratio", [(5, 2), (40, 2), (41, 3), (60, 4), (50, 2)])
+def test_group_channels_makes_the_greedy_choices_of_rescoring_every_row_each_round(n, ratio):
+    # 50 channels, ratio 2: more than the 32 channels each row keeps ranked, so rows run out of them
+    torch.manual_seed(n + ratio)
+    for gain in (torch.rand(n, n, dtype=torch.float64), torch.rand(n, n, dtype=torch.float64) ** 8):
+        own = torch.rand(n, dtype=torch.float64)
+        assignment = group_channels(gain, ratio, source_value=own)
+        assert (assignment.sources, assignment.ghosts) == _greedy_reference(gain, ratio, own)
+
+
+def test_group_channels_searches_a_row_again_once_its_ranked_channels_are_taken():
+    n = 40
+    gain = torch.zeros(n, n, dtype=torch.float64)
+    for a in range(1, 33, 2):  # channels 1-32 pair up strongly: taken first
+        gain[a, a + 1] = gain[a + 1, a] = 10.0 + a
+    gain[0, 1:33] = 5.0  # channel 0 ranks only those first...
+    gain[0, 33:] = torch.arange(1.0, 8.0, dtype=torch.float64)  # ...and must then find its best among the rest
+    own = torch.zeros(n, dtype=torch.float64)
+    own[0] = 3.0
+    assignment = group_channels(gain, 2, source_value=own)
+    assert (assignment.sources, assignment.ghosts) == _greedy_reference(gain, 2, own)
+    assert assignment.ghosts[assignment.sources.index(0)] == [39]
+
+
 @pytest.mark.parametrize("n, ratio", [(8, 2), (13, 3), (7, 4), (5, 5), (9, 2)])
 def test_from_out_index_inverts_out_index(n, ratio):
     torch.manual_seed(n * ratio)
