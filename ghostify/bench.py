@@ -19,7 +19,7 @@ from torch import nn
 
 from .convert import copy_model
 from .errors import GhostifyError
-from .formatting import human_ms, parse_whole_numbers
+from .formatting import parse_whole_numbers, timing_text
 from .measure import LatencyStats, example_input, latency_stats, percentile, resolve_device, time_interleaved
 
 MODES = ("eager", "compiled")
@@ -51,22 +51,31 @@ class BenchReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def text_rows(self) -> list[tuple[str, str, str, str, str]]:
+        """(batch, mode, original, converted, speedup) per row, as the tables show them."""
+        return bench_text_rows(self.to_dict())
+
     def table(self) -> Table:
         table = Table(title=f"ghostify bench: {self.original_name} vs {self.converted_name} on {self.device}",
-                      title_justify="left", caption="Medians of interleaved runs (p10-p90); speedup = original / converted time.",
-                      caption_justify="left")
-        for column in ("Batch", "Mode", "Original", "Converted", "Speedup"):
+                      title_justify="left", caption=BENCH_CAPTION, caption_justify="left")
+        for column in BENCH_HEADERS:
             table.add_column(column, justify="left" if column == "Mode" else "right")
-        for row in self.rows:
-            table.add_row(str(row.batch_size), row.mode, _timing(row.original), _timing(row.converted),
-                          f"{row.speedup:.2f}x ({row.speedup_p10:.2f}-{row.speedup_p90:.2f})")
+        for row in self.text_rows():
+            table.add_row(*row)
         return table
 
 
-def _timing(stats: LatencyStats) -> str:
-    """``'1995 ms (1921-2110)'``: the median and p10-p90, in the median's precision."""
-    spread = "-".join(human_ms(value).removesuffix(" ms") for value in (stats.p10_ms, stats.p90_ms))
-    return f"{human_ms(stats.median_ms)} ({spread})"
+BENCH_HEADERS = ("Batch", "Mode", "Original", "Converted", "Speedup")
+BENCH_CAPTION = "Medians of interleaved runs (p10-p90); speedup = original / converted time."
+
+
+def bench_text_rows(bench: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """The rows of ``BenchReport.to_dict()`` (as a report stores it) as text: batch, mode, both timings, speedup."""
+    def timing(stats: dict[str, Any]) -> str:
+        return timing_text(stats["median_ms"], stats["p10_ms"], stats["p90_ms"])
+
+    return [(str(row["batch_size"]), row["mode"], timing(row["original"]), timing(row["converted"]),
+             f"{row['speedup']:.2f}x ({row['speedup_p10']:.2f}-{row['speedup_p90']:.2f})") for row in bench["rows"]]
 
 
 def bench(

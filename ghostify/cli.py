@@ -743,11 +743,21 @@ def bench_command(
     repeats: Annotated[int, _value("--repeats", metavar="N", min=3, help="Timed runs per model and setting, interleaved; e.g. --repeats 50 (default 30).")] = 30,
     device: DeviceOpt = "cpu",
     deploy: DeployOpt = False,
+    add_to_report: Annotated[bool, _flag("--report", help="Add the timings to the report in MODEL_OR_DIR (report.json, .md and .html, as `convert -o` wrote it); needs a directory (default: print only).")] = False,
 ) -> None:
     """Time the converted model against the original: medians of interleaved runs per batch size, eager and compiled."""
     sizes = parse_input_size(input_size)
     batches = parse_batch_sizes(batch_sizes)
     path = Path(model)
+    saved_report = None
+    if add_to_report:
+        if not (path / "report.json").is_file():
+            raise ConfigError(f"--report adds the timings to the report of a directory written by `ghostify convert -o`; "
+                              f"{model} has no report.json. Pass such a directory, or leave --report out.")
+        try:
+            saved_report = ComparisonReport.from_json((path / "report.json").read_text(encoding="utf-8"))
+        except ValueError as err:  # not JSON
+            raise ConfigError(f"cannot read {path / 'report.json'} ({err}); write it again with `ghostify convert -o`.") from None
     if path.is_dir():
         origin = recorded_origin(path)
         if origin.spec is None or origin.model_file_missing:
@@ -772,6 +782,10 @@ def bench_command(
         report = bench(resolved.model, converted, sizes, batch_sizes=batches, device=device, compiled=compiled,
                        repeats=repeats, original_name=display_spec(resolved.spec), converted_name=converted_name)
     stdout.print(report.table())
+    if saved_report is not None:
+        saved_report.bench = report.to_dict()
+        written = saved_report.save(path, force=True)
+        stdout.print(f"timings added to {', '.join(str(p) for p in written)}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -38,6 +38,12 @@ def human_bytes(value: float | None, digits: int = 2) -> str:
     return f"{value:.0f} B"
 
 
+def timing_text(median_ms: float, p10_ms: float, p90_ms: float) -> str:
+    """``'1995 ms (1921-2110)'``: a median and its p10-p90, in the median's precision."""
+    spread = "-".join(human_ms(value).removesuffix(" ms") for value in (p10_ms, p90_ms))
+    return f"{human_ms(median_ms)} ({spread})"
+
+
 def human_ms(value: float | None) -> str:
     """Milliseconds with precision that suits the size: ``'0.412 ms'``, ``'12.3 ms'``, ``'1534 ms'``."""
     if value is None:

@@ -152,6 +152,7 @@ class ComparisonReport:
     recovery: list[AccuracyStage] = field(default_factory=list)
     calibration: dict[str, Any] | None = None  # CalibrationResult.to_dict()
     training: list[dict[str, Any]] = field(default_factory=list)  # DistillResult.to_dict()["history"]
+    bench: dict[str, Any] | None = None  # BenchReport.to_dict(): `ghostify bench DIR --report` adds it
 
     SCHEMA: ClassVar[str] = REPORT_SCHEMA
 
@@ -162,6 +163,7 @@ class ComparisonReport:
                          for stage in self.recovery]
         self.calibration = _json_shaped(self.calibration)
         self.training = _json_shaped(self.training)
+        self.bench = _json_shaped(self.bench)
 
     # ----- derived numbers -------------------------------------------------------------------
 

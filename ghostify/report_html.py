@@ -110,6 +110,10 @@ def _comparison_section(report: Report, level: int) -> str:
     parts.append(_notes_list(render.notes(report)))
     if render.has_recovery(report):
         parts.append(_recovery_section(report, level + 1))
+    if report.bench:
+        parts.append(f"<{h2}>{_esc(render.bench_title(report))}</{h2}>")
+        parts.append(_table(render.BENCH_HEADERS, render.bench_text_rows(report.bench), "bench", numeric=(0, 2, 3, 4)))
+        parts.append(f"<p>{_esc(render.BENCH_CAPTION)}</p>")
     measured = [row for row in report.layers if row.macs_before is not None and row.macs_after is not None]
     figures = []
     if measured:

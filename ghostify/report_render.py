@@ -22,6 +22,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from .bench import BENCH_CAPTION, BENCH_HEADERS, bench_text_rows
 from .formatting import MISSING, human_bytes, human_count, human_ms, percent_text, ratio_text
 
 MACS_EXPLANATION = "MACs: multiply-accumulates counted by fvcore; one multiply-add = one MAC."
@@ -443,6 +444,13 @@ def recovery_markdown(report: Report) -> list[str]:
     return lines
 
 
+def bench_title(report: Report) -> str:
+    """The heading of the timings ``ghostify bench DIR --report`` added."""
+    bench = report.bench or {}
+    size = "x".join(map(str, bench.get("input_size", ())))
+    return f"Latency on {bench.get('device', '?')}, input {size} (ghostify bench)"
+
+
 def to_markdown(report: Report) -> str:
     """The report as Markdown: summary table, notes, accuracy recovery, and one row per conv layer."""
     lines = [f"# ghostify report: {report.original_name} → {report.converted_name}", ""]
@@ -451,6 +459,10 @@ def to_markdown(report: Report) -> str:
     lines.append("")
     lines += [f"- {md_cell(note)}" for note in notes(report)]
     lines += recovery_markdown(report)
+    if report.bench:
+        lines += ["", f"## {bench_title(report)}", "", BENCH_CAPTION, "",
+                  "| " + " | ".join(BENCH_HEADERS) + " |", "|---:|---|---:|---:|---:|"]
+        lines += [f"| {' | '.join(md_cell(c) for c in row)} |" for row in bench_text_rows(report.bench)]
     lines += ["", "## Conv layers", "", FIT_ERROR_EXPLANATION, ""]
     timed = any(row.latency_ms for row in report.layers)
     headers = ["Layer", "Kind", "In → out", "Kernel / stride", "Ratio", "Converted",

@@ -70,3 +70,28 @@ def test_cli_bench_on_a_spec_and_on_a_saved_directory(tmp_path, monkeypatch):
     assert "original: nets.py:make, random weights (seed 0" in result.output and "vs out on cpu" in result.output
     result = runner.invoke(app, ["bench", "out", "--batch-sizes", "0"])
     assert result.exit_code == 1 and "batch sizes must be whole numbers >= 1, such as 1,16; got '0'." in result.output
+
+
+def test_cli_bench_adds_its_timings_to_a_saved_directory_s_report(tmp_path, monkeypatch):
+    (tmp_path / "nets.py").write_text(
+        "from torch import nn\n\n\ndef make():\n    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), "
+        "nn.Conv2d(16, 32, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))\n")
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["convert", "nets.py:make", "--input-size", "16", "-o", "out"]).exit_code == 0
+    assert "ghostify bench" not in (tmp_path / "out" / "report.md").read_text()
+    result = runner.invoke(app, ["bench", "out", "--repeats", "3", "--batch-sizes", "1,2", "--report"])
+    assert result.exit_code == 0, result.output
+    assert "timings added to " in result.output and "report.html" in result.output
+    report = ghostify.ComparisonReport.from_json((tmp_path / "out" / "report.json").read_text())
+    assert [(row["batch_size"], row["mode"]) for row in report.bench["rows"]] == [(1, "eager"), (2, "eager")]
+    assert all(row["speedup"] > 0 and row["original"]["median_ms"] > 0 for row in report.bench["rows"])
+    assert report.params_before > report.params_after  # the rest of the report is kept
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "## Latency on cpu, input 3x16x16 (ghostify bench)" in markdown
+    speedup = f"{report.bench['rows'][1]['speedup']:.2f}x"
+    assert f"| 2 | eager |" in markdown and speedup in markdown
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert '<table class="bench">' in page and speedup in page
+    assert (tmp_path / "out" / "ghostify.json").is_file()  # the saved model stays loadable
+    result = runner.invoke(app, ["bench", "nets.py:make", "--input-size", "16", "--report"])
+    assert result.exit_code == 1 and "nets.py:make has no report.json" in result.output
