@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import ghostify  # noqa: E402
 from ghostify.data import ImageFiles, InputPipeline  # noqa: E402
-from ghostify.distill import agreement_and_accuracy, distill  # noqa: E402
+from ghostify.distill import DistillConfig, agreement_and_accuracy, distill  # noqa: E402
 
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th"}
 CIFAR = InputPipeline((3, 32, 32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -101,7 +101,8 @@ def _epochs_for_budget(student, teacher, train, args, start: float, options: dic
     import copy
 
     probe_images = 512
-    subset = torch.utils.data.Subset(ImageFiles(train, CIFAR.transform(train=True), seed=0), range(probe_images))
+    augment = options.get("augment", DistillConfig().augment)
+    subset = torch.utils.data.Subset(ImageFiles(train, CIFAR.transform(train=True, augment=augment), seed=0), range(probe_images))
     probe_options = {**options, "batch_size": options.get("batch_size", 128)}
     clock = time.perf_counter()
     distill(copy.deepcopy(student), teacher, subset, pipeline=CIFAR, device=args.device, epochs=1, **probe_options)

@@ -133,6 +133,7 @@ StdOpt = Annotated[Optional[str], _value("--std", metavar="S,S,S", help="Per-cha
 EpochsOpt = Annotated[Optional[int], _value("--epochs", metavar="N", min=1, help=f"Distillation epochs; e.g. --epochs 30 (default {_TRAINING.epochs}).")]
 BatchSizeOpt = Annotated[Optional[int], _value("--batch-size", metavar="N", min=1, help=f"Distillation batch size; e.g. --batch-size 64 (default {_TRAINING.batch_size}).")]
 LrOpt = Annotated[Optional[float], _value("--lr", metavar="LR", help=f"Peak learning rate of distillation; e.g. --lr 3e-4 (default {_TRAINING.lr}).")]
+AugmentOpt = Annotated[Optional[str], _value("--augment", metavar="KIND", help=f"Training images' augmentation: crop-flip (random crops and flips) or trivialaugment (that plus one random TrivialAugment op per image); e.g. --augment crop-flip (default {_TRAINING.augment}).")]
 SeedOpt = Annotated[Optional[int], _value("--seed", metavar="N", min=0, help="Seed of every random choice of calibration and distillation; e.g. --seed 1 (default 0).")]
 CalibrationSamplesOpt = Annotated[Optional[int], _value("--calibration-samples", metavar="N", min=1, help=f"Images of --data that calibration fits on; e.g. --calibration-samples 1024 (default {CALIBRATION_SAMPLES}).")]
 ResumeOpt = Annotated[bool, _flag("--resume", help="Continue an interrupted distillation from its checkpoint, kept beside the output directory (default: start over).")]
@@ -323,11 +324,12 @@ def _resolve(model: str, checkpoint: Path | None, trust: bool, pretrained: bool,
 
 # ----- calibration and distillation ---------------------------------------------------------------
 
-def _training_options(epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None) -> dict[str, Any]:
+def _training_options(epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None,
+                      augment: str | None) -> dict[str, Any]:
     """The ``DistillConfig`` fields given on the command line (the rest keep their defaults)."""
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise ConfigError(f"--lr must be a number > 0, got {lr}.")
-    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "augment": augment}
     options = {name: value for name, value in given.items() if value is not None}
     DistillConfig(**options)  # out-of-range values fail now, before any slow work
     return options
@@ -383,6 +385,7 @@ def convert(
     epochs: EpochsOpt = None,
     batch_size: BatchSizeOpt = None,
     lr: LrOpt = None,
+    augment: AugmentOpt = None,
     seed: SeedOpt = None,
     resume: ResumeOpt = False,
     latency: LatencyOpt = False,
@@ -407,7 +410,7 @@ def convert(
                          variant.value, init.value if init is not None else None)
         size = explicit_size = parse_input_size(input_size)  # a typo fails before the model is built
         norm_mean, norm_std = _parse_floats("--mean", mean), _parse_floats("--std", std)
-        options = _training_options(epochs, batch_size, lr, seed)
+        options = _training_options(epochs, batch_size, lr, seed, augment)
         _check_convert_options(recovering, distill, data, val_data, data_limit, calibration_samples, options, resume, output)
         check_resume(ckpt, resume)
         if output is not None and not dry_run:  # before the slow work, not after it
@@ -499,6 +502,7 @@ def distill_command(
     epochs: EpochsOpt = None,
     batch_size: BatchSizeOpt = None,
     lr: LrOpt = None,
+    augment: AugmentOpt = None,
     seed: SeedOpt = None,
     teacher: Annotated[Optional[str], _value("--teacher", metavar="MODEL", help="The original model, a spec as in convert; e.g. --teacher resnet50 (default: the base model recorded in SAVED_DIR).")] = None,
     checkpoint: Annotated[Optional[Path], _value("--checkpoint", "-c", metavar="FILE", help="The teacher's weights; e.g. -c resnet20.th (default: the base checkpoint recorded in SAVED_DIR).")] = None,
@@ -525,7 +529,7 @@ def distill_command(
             stdout.quiet = True
         size = parse_input_size(input_size)
         norm_mean, norm_std = _parse_floats("--mean", mean), _parse_floats("--std", std)
-        options = _training_options(epochs, batch_size, lr, seed)
+        options = _training_options(epochs, batch_size, lr, seed, augment)
         if not data:
             raise ConfigError("distill needs images: pass --data DIR (a folder of images or an ImageFolder root; labels are optional).")
         recipe = read_recipe(saved)

@@ -27,6 +27,9 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".
 UNLABELLED = -1
 # Below this side length, augmentation pads and crops (the CIFAR recipe) instead of a resized crop.
 _SMALL_IMAGE = 64
+# Training augmentations: random crop + flip, or that followed by TrivialAugment (Müller & Hutter 2021: one
+# random photometric or geometric op per image at a random strength), which distils better from few images.
+AUGMENTATIONS = ("crop-flip", "trivialaugment")
 # Decoded images are kept in memory when the whole set has at most this many pixels (~300 MB).
 _CACHE_PIXELS = 100_000_000
 
@@ -81,9 +84,13 @@ class InputPipeline:
         crop = float(config.get("crop_pct", 1.0)) if input_size is None else 1.0
         return cls((int(size[0]), int(size[1]), int(size[2])), mean, std, str(config.get("interpolation", "bilinear")), crop)
 
-    def transform(self, train: bool = False) -> Callable[[Any], torch.Tensor]:
-        """PIL image -> normalised tensor; ``train`` adds random crops and flips."""
+    def transform(self, train: bool = False, augment: str = "crop-flip") -> Callable[[Any], torch.Tensor]:
+        """PIL image -> normalised tensor; ``train`` adds random crops and flips, and with
+        ``augment="trivialaugment"`` one TrivialAugment op per image."""
         from torchvision import transforms as T
+
+        if augment not in AUGMENTATIONS:
+            raise DataError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}.")
 
         channels, height, width = self.input_size
         mode = T.InterpolationMode.BICUBIC if self.interpolation == "bicubic" else T.InterpolationMode.BILINEAR
@@ -93,6 +100,8 @@ class InputPipeline:
             steps += [T.Resize((height, width), interpolation=mode), T.RandomCrop((height, width), padding=pad), T.RandomHorizontalFlip()]
         elif train:
             steps += [T.RandomResizedCrop((height, width), scale=(0.25, 1.0), interpolation=mode), T.RandomHorizontalFlip()]
+        if train and augment == "trivialaugment":
+            steps.append(T.TrivialAugmentWide(interpolation=mode))
         elif self.crop_pct < 1.0:
             steps += [T.Resize(int(round(min(height, width) / self.crop_pct)), interpolation=mode), T.CenterCrop((height, width))]
         else:
@@ -253,14 +262,16 @@ def check_labels(dataset: Dataset, num_outputs: int) -> None:
         )
 
 
-def as_dataset(data: Any, pipeline: InputPipeline | None = None, *, train: bool = False, seed: int | None = None) -> Dataset:
-    """A Dataset from a path, a list of paths, or a Dataset (returned as is)."""
+def as_dataset(
+    data: Any, pipeline: InputPipeline | None = None, *, train: bool = False, seed: int | None = None, augment: str = "crop-flip",
+) -> Dataset:
+    """A Dataset from a path, a list of paths, or a Dataset (returned as is: its own transforms apply)."""
     if isinstance(data, Dataset):
         return data
     if isinstance(data, (str, Path)) or (isinstance(data, (list, tuple)) and all(isinstance(d, (str, Path)) for d in data)):
         if pipeline is None:
             raise DataError("reading images from a folder needs an InputPipeline (input size, mean, std).")
-        dataset = ImageFiles(data, pipeline.transform(train=train), seed=seed)
+        dataset = ImageFiles(data, pipeline.transform(train=train, augment=augment), seed=seed)
         check_image_size(dataset, pipeline)
         return dataset
     raise DataError(f"data must be a folder path, a list of them, a Dataset or a DataLoader; got {type(data).__name__}.")

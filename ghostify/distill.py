@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .calibrate import check_teacher_fits, reconstruction_blocks
-from .data import InputPipeline, as_dataset, check_labels, sample_seed
+from .data import AUGMENTATIONS, InputPipeline, as_dataset, check_labels, sample_seed
 from .errors import ConfigError, GhostifyError
 from .ghost_module import is_ghost_module
 from .measure import resolve_device
@@ -53,6 +53,9 @@ class DistillConfig:
     temperature: softening of the logit KD.
     logit_weight / feature_weight / label_weight: loss mix (labels used only when the data has them).
     mixup: Beta(alpha, alpha) mixing of image pairs (0 = off). seed: every random choice derives from it.
+    augment: images read from folders get random crops and flips ("crop-flip"), plus one TrivialAugment op
+    each ("trivialaugment", the default: on CIFAR-10 val/ it beat crop-flip and mixup); a Dataset
+    passed in keeps its own transforms.
     amp: mixed precision on CUDA (bfloat16 where supported, else float16 with loss scaling).
     workers: DataLoader worker processes (0 = load in the training process).
     freeze_bn: keep BatchNorm statistics as they are (train the affine parameters only): a
@@ -73,6 +76,7 @@ class DistillConfig:
     feature_weight: float = 5.0
     label_weight: float = 0.0
     mixup: float = 0.0
+    augment: str = "trivialaugment"
     seed: int = 0
     amp: bool = True
     workers: int = 0
@@ -90,6 +94,7 @@ class DistillConfig:
         check("workers", isinstance(self.workers, int) and self.workers >= 0, "a whole number >= 0")
         check("lr", self.lr > 0, "> 0")
         check("optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}")
+        check("augment", self.augment in AUGMENTATIONS, f"one of {', '.join(AUGMENTATIONS)}")
         check("temperature", self.temperature > 0, "> 0")
         check("clip_grad", self.clip_grad >= 0, ">= 0 (0 = no clipping)")
         check("warmup", 0 <= self.warmup < 1, "in [0, 1)")
@@ -367,7 +372,7 @@ def distill(
     check_teacher_fits(student, teacher, names)
     if pipeline is None and not (isinstance(data, Dataset) and (val_data is None or isinstance(val_data, Dataset))):
         pipeline = InputPipeline.for_model(teacher)  # images from folders (a Dataset needs none)
-    dataset = as_dataset(data, pipeline, train=True, seed=config.seed)
+    dataset = as_dataset(data, pipeline, train=True, seed=config.seed, augment=config.augment)
     val_dataset = as_dataset(val_data, pipeline) if val_data is not None else None
     if len(dataset) == 0:
         raise GhostifyError("the training data holds no images.")

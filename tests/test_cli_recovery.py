@@ -286,6 +286,8 @@ BAD_CONVERT = [
     (["--calibrate", "--data", "{root}/flat", "--epochs", "2"], "--epochs applies to --distill"),
     (["--calibrate", "--data", "{root}/flat", "--data-limit", "2"], "--calibration-samples"),
     (["--distill", "--data", "{root}/flat", "--lr", "0"], "--lr must be a number > 0"),
+    (["--distill", "--data", "{root}/flat", "--augment", "autoaugment"], "augment must be one of crop-flip, trivialaugment"),
+    (["--calibrate", "--data", "{root}/flat", "--augment", "crop-flip"], "--augment applies to --distill"),
     (["--distill", "--data", "{root}/flat", "--resume"], "--resume needs -o OUT"),
     (["--distill", "--data", "{root}/flat", "--resume", "-o", "{tmp}/out"], "--resume: no checkpoint at"),
     (["--val-data", "{root}/val"], "--val-data measures accuracy during --calibrate/--distill"),

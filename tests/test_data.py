@@ -275,6 +275,23 @@ def test_augmentation_is_a_function_of_seed_epoch_index(tmp_path):
     assert all(a.shape == (3, 16, 16) for a in e0 + e1)
 
 
+def test_trivialaugment_adds_one_random_op_after_the_crop_and_flip(tmp_path):
+    root = _flat(tmp_path / "d", 8, size=(32, 32))
+    pipeline = InputPipeline((3, 32, 32))
+    names = [type(step).__name__ for step in pipeline.transform(train=True, augment="trivialaugment").transforms]
+    assert names[:4] == ["_ConvertMode", "Resize", "RandomCrop", "RandomHorizontalFlip"] and "TrivialAugmentWide" in names
+    assert "TrivialAugmentWide" not in [type(step).__name__ for step in pipeline.transform(train=True).transforms]
+    assert "TrivialAugmentWide" not in [type(step).__name__ for step in pipeline.transform(augment="trivialaugment").transforms]
+    plain = ImageFiles(root, pipeline.transform(train=True), seed=3)
+    strong = ImageFiles(root, pipeline.transform(train=True, augment="trivialaugment"), seed=3)
+    again = ImageFiles(root, pipeline.transform(train=True, augment="trivialaugment"), seed=3)
+    images = [strong[i][0] for i in range(8)]
+    assert all(torch.equal(a, again[i][0]) for i, a in enumerate(images))  # still a function of (seed, epoch, index)
+    assert sum(not torch.equal(a, plain[i][0]) for i, a in enumerate(images)) >= 4  # most images get a visible op
+    with pytest.raises(GhostifyError, match="augment must be one of crop-flip, trivialaugment"):
+        pipeline.transform(train=True, augment="mixup")
+
+
 def test_seeded_reads_leave_the_global_rng_alone(tmp_path):
     dataset = ImageFiles(_flat(tmp_path / "d", 2), RAW.transform(train=True), seed=0)
     torch.manual_seed(3)

@@ -280,7 +280,7 @@ def test_teacher_of_another_architecture_does_not_fit(pair, data):
 
 @pytest.mark.parametrize("field, value", [
     ("epochs", 0), ("batch_size", 2.0), ("batch_size", True), ("lr", 0.0), ("optimizer", "adam"),
-    ("temperature", 0), ("warmup", 1.0), ("mixup", -0.1), ("workers", -1), ("clip_grad", -1.0),
+    ("temperature", 0), ("warmup", 1.0), ("mixup", -0.1), ("workers", -1), ("clip_grad", -1.0), ("augment", "autoaugment"),
 ])
 def test_bad_settings_are_config_errors(field, value):
     with pytest.raises(ConfigError, match=field):
