@@ -133,7 +133,7 @@ StdOpt = Annotated[Optional[str], _value("--std", metavar="S,S,S", help="Per-cha
 EpochsOpt = Annotated[Optional[int], _value("--epochs", metavar="N", min=1, help=f"Distillation epochs; e.g. --epochs 30 (default {_TRAINING.epochs}).")]
 BatchSizeOpt = Annotated[Optional[int], _value("--batch-size", metavar="N", min=1, help=f"Distillation batch size; e.g. --batch-size 64 (default {_TRAINING.batch_size}).")]
 LrOpt = Annotated[Optional[float], _value("--lr", metavar="LR", help=f"Peak learning rate of distillation; e.g. --lr 3e-4 (default {_TRAINING.lr}).")]
-AugmentOpt = Annotated[Optional[str], _value("--augment", metavar="KIND", help=f"Training images' augmentation: crop-flip (random crops and flips) or trivialaugment (that plus one random TrivialAugment op per image); e.g. --augment crop-flip (default {_TRAINING.augment}).")]
+AugmentOpt = Annotated[Optional[str], _value("--augment", metavar="KIND", help=f"Training images' augmentation: crop-flip (random crops and flips) or trivialaugment (that plus one random TrivialAugment op per image); e.g. --augment trivialaugment (default {_TRAINING.augment}).")]
 SeedOpt = Annotated[Optional[int], _value("--seed", metavar="N", min=0, help="Seed of every random choice of calibration and distillation; e.g. --seed 1 (default 0).")]
 CalibrationSamplesOpt = Annotated[Optional[int], _value("--calibration-samples", metavar="N", min=1, help=f"Images of --data that calibration fits on; e.g. --calibration-samples 1024 (default {CALIBRATION_SAMPLES}).")]
 ResumeOpt = Annotated[bool, _flag("--resume", help="Continue an interrupted distillation from its checkpoint, kept beside the output directory (default: start over).")]

@@ -54,8 +54,9 @@ class DistillConfig:
     logit_weight / feature_weight / label_weight: loss mix (labels used only when the data has them).
     mixup: Beta(alpha, alpha) mixing of image pairs (0 = off). seed: every random choice derives from it.
     augment: images read from folders get random crops and flips ("crop-flip"), plus one TrivialAugment op
-    each ("trivialaugment", the default: on CIFAR-10 val/ it beat crop-flip and mixup); a Dataset
-    passed in keeps its own transforms.
+    each with "trivialaugment" (on CIFAR-10 val/ at s=2 it beat crop-flip and mixup, 88.6 % agreement
+    against 87.4 %, but at s=4 it diverged at lr 1e-3, so it is not the default); a Dataset passed in
+    keeps its own transforms.
     amp: mixed precision on CUDA (bfloat16 where supported, else float16 with loss scaling).
     workers: DataLoader worker processes (0 = load in the training process).
     freeze_bn: keep BatchNorm statistics as they are (train the affine parameters only): a
@@ -76,7 +77,7 @@ class DistillConfig:
     feature_weight: float = 5.0
     label_weight: float = 0.0
     mixup: float = 0.0
-    augment: str = "trivialaugment"
+    augment: str = "crop-flip"
     seed: int = 0
     amp: bool = True
     workers: int = 0
