@@ -100,12 +100,12 @@ class InputPipeline:
             steps += [T.Resize((height, width), interpolation=mode), T.RandomCrop((height, width), padding=pad), T.RandomHorizontalFlip()]
         elif train:
             steps += [T.RandomResizedCrop((height, width), scale=(0.25, 1.0), interpolation=mode), T.RandomHorizontalFlip()]
-        if train and augment == "trivialaugment":
-            steps.append(T.TrivialAugmentWide(interpolation=mode))
         elif self.crop_pct < 1.0:
             steps += [T.Resize(int(round(min(height, width) / self.crop_pct)), interpolation=mode), T.CenterCrop((height, width))]
         else:
             steps += [T.Resize((height, width), interpolation=mode)]
+        if train and augment == "trivialaugment":
+            steps.append(T.TrivialAugmentWide(interpolation=mode))
         steps += [T.ToTensor(), T.Normalize(self.mean, self.std)]
         return T.Compose(steps)
 

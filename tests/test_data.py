@@ -282,6 +282,11 @@ def test_trivialaugment_adds_one_random_op_after_the_crop_and_flip(tmp_path):
     assert names[:4] == ["_ConvertMode", "Resize", "RandomCrop", "RandomHorizontalFlip"] and "TrivialAugmentWide" in names
     assert "TrivialAugmentWide" not in [type(step).__name__ for step in pipeline.transform(train=True).transforms]
     assert "TrivialAugmentWide" not in [type(step).__name__ for step in pipeline.transform(augment="trivialaugment").transforms]
+    cropped = InputPipeline((3, 224, 224), crop_pct=0.875)  # training crops are random crops only, never the eval crop too
+    for augment in ("crop-flip", "trivialaugment"):
+        names = [type(step).__name__ for step in cropped.transform(train=True, augment=augment).transforms]
+        assert names[:3] == ["_ConvertMode", "RandomResizedCrop", "RandomHorizontalFlip"] and "CenterCrop" not in names
+    assert "CenterCrop" in [type(step).__name__ for step in cropped.transform().transforms]
     plain = ImageFiles(root, pipeline.transform(train=True), seed=3)
     strong = ImageFiles(root, pipeline.transform(train=True, augment="trivialaugment"), seed=3)
     again = ImageFiles(root, pipeline.transform(train=True, augment="trivialaugment"), seed=3)
