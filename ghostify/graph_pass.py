@@ -343,7 +343,8 @@ def _mark_reads_in_untraced_code(model: nn.Module, sites: list[ConvSite], scopes
 @functools.cache
 def _ghost_answers(attribute: str) -> bool:
     """Whether a ghost module has ``attribute`` as a conv does (its geometry, nn.Module's own members)."""
-    return hasattr(LINEAR_GHOSTS[2].like(nn.Conv2d(4, 4, 3), 2, 3), attribute)
+    with torch.random.fork_rng(devices=[]):  # building the sample module draws weights: leave the caller's RNG alone
+        return hasattr(LINEAR_GHOSTS[2].like(nn.Conv2d(4, 4, 3), 2, 3), attribute)
 
 
 @functools.cache
