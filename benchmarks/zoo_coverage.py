@@ -1,17 +1,22 @@
 """Zoo coverage: convert a named set of models with random weights and check that each still runs.
 
 Each model runs in its own process (a crash, a hang or running out of memory stays with that
-model, and ``--timeout`` limits it), at ratio 2 on the smallest input it accepts from a short list
+model, and ``--timeout`` limits it; the children are forked from a parent that has imported torch,
+timm and ghostify once, ``--jobs`` of them at a time), at ratio 2 on the smallest input it accepts from a short list
 (images from ``--input-size`` up; videos from 4 frames of 32x32 up; RAFT gets two images). Per
 model: the convs it has by kind (``Conv1d``/``Conv2d``/``Conv3d``, dense = ``groups == 1``), how
 many the plan finds eligible and converts, whether the converted model runs and returns outputs
 of the same structure and shapes (detections: the same fields), the reason if not, and the seconds
-it took. Then the totals, and ``--json`` / ``--markdown`` files with every row:
+it took (and, separately, the seconds ``ghostify.convert`` took). Then the totals, and ``--json`` /
+``--markdown`` files with every row. ``--log FILE`` appends each row as it is measured and skips
+the models already in FILE, so a run of the whole zoo (hours on a 2-core machine) can be stopped
+and continued:
 
     python benchmarks/zoo_coverage.py --source torchvision                      # every family, video included
     python benchmarks/zoo_coverage.py --source torchvision --family video --family optical_flow
     python benchmarks/zoo_coverage.py --source timm --filter 'nfnet*' --limit 20 --json nf.json
     python benchmarks/zoo_coverage.py --all --max-params 100 --json zoo.json --markdown zoo.md
+    python benchmarks/zoo_coverage.py --source timm --jobs 2 --log timm.jsonl --json timm.json  # resumable
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import fnmatch
 import json
 import os
 import statistics
-import subprocess
+import multiprocessing
+import signal
 import sys
 import time
 from collections import Counter
@@ -35,6 +41,8 @@ TORCHVISION_FAMILIES = ("classification", "detection", "segmentation", "video", 
 KINDS = ("Conv1d", "Conv2d", "Conv3d")
 VIDEO_SIZES = ((4, 32), (8, 64), (16, 112), (16, 224))  # (frames, side): the smallest a video model accepts
 SIGNAL_LENGTHS = (256, 1024, 16000)  # 1-D models
+POLICY_RULES = ("(skip_stem)", "(skip_output)", "(skip_pointwise)")  # kept by a default the user can switch off
+CONVERT_SECONDS_TARGET = 60  # issue 7: no model takes longer to convert on a 2-core CPU
 
 
 def torchvision_families() -> dict[str, str]:
@@ -90,10 +98,14 @@ def check_one(spec: str, family: str, size: int, max_params: float) -> dict:
     if not sum(dense.values()):
         return {**row, "eligible": {}, "converted": {}, "same_outputs": None,
                 "seconds": round(time.perf_counter() - start, 1), "note": "no dense conv"}
+    convert_start = time.perf_counter()
     converted = ghostify.convert(model)
+    row["convert_seconds"] = round(time.perf_counter() - convert_start, 1)
     plan = ghostify.get_plan(converted)
     row["eligible"] = dict(Counter(_kind(layer) for layer in plan.eligible if layer.kind == "module"))
     row["converted"] = dict(Counter(_kind(layer) for layer in plan.converted))
+    row["kept_by_policy"] = dict(Counter(_kind(layer) for layer in plan.eligible
+                                         if not layer.convert and layer.reason and layer.reason.endswith(POLICY_RULES)))
     row["kept_reasons"] = dict(Counter(_reason_kind(layer.reason) for layer in plan.skipped).most_common())
     row["trace"] = plan.trace
     inputs, before = _smallest_input(model, family, first_conv_dims(model), size)
@@ -190,23 +202,71 @@ def _params_on_meta(spec: str) -> int | None:
 
 # ----- the whole set (the parent process) ----------------------------------------------------------
 
-def run_all(specs: list[tuple[str, str]], args: argparse.Namespace) -> list[dict]:
-    rows = []
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for index, (spec, family) in enumerate(specs, 1):
-        command = [sys.executable, __file__, "--one", spec, "--one-family", family, "--input-size", str(args.input_size),
-                   "--max-params", str(args.max_params)]
-        start = time.perf_counter()
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-            row = json.loads(lines[-1]) if lines else {
-                "model": spec, "family": family, "error": _last_line(done.stderr) or f"exit {done.returncode}"}
-        except subprocess.TimeoutExpired:
-            row = {"model": spec, "family": family, "error": f"timed out after {args.timeout} s"}
-        row["wall_seconds"] = round(time.perf_counter() - start, 1)
-        rows.append(row)
-        print(f"[{index}/{len(specs)}] {spec}: {_status(row)}", flush=True)
+def run_all(specs: list[tuple[str, str]], args: argparse.Namespace, done: dict[str, dict] | None = None) -> list[dict]:
+    """One forked process per model, ``args.jobs`` at a time; rows in ``specs`` order.
+
+    Rows already in ``done`` (from ``--log``) are reused; each new row is appended to ``args.log``
+    as soon as it is measured."""
+    done = dict(done or {})
+    todo = [(index, spec, family) for index, (spec, family) in enumerate(specs, 1) if spec not in done]
+    if done:
+        print(f"{len(specs) - len(todo)} of {len(specs)} models already measured in {args.log}", flush=True)
+    context = multiprocessing.get_context("fork")  # the parent's imports are shared, not repeated
+    running: dict = {}  # process -> (index, spec, family, start, receiving end of the pipe)
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            index, spec, family = todo.pop(0)
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(target=_child, args=(send, spec, family, args.input_size, args.max_params), daemon=True)
+            process.start()
+            send.close()
+            running[process] = (index, spec, family, time.perf_counter(), receive)
+        time.sleep(0.05)
+        for process, (index, spec, family, start, receive) in list(running.items()):
+            elapsed = time.perf_counter() - start
+            row = receive.recv() if receive.poll() else None
+            if row is None and process.is_alive() and elapsed <= args.timeout:
+                continue
+            if row is None:
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGKILL)
+                    reason = f"timed out after {args.timeout} s"
+                else:
+                    reason = f"the process died (exit {process.exitcode}{', killed: out of memory?' if process.exitcode == -9 else ''})"
+                row = {"model": spec, "family": family, "error": reason}
+            process.join()
+            receive.close()
+            del running[process]
+            row["wall_seconds"] = round(elapsed, 1)
+            done[spec] = row
+            if args.log:
+                with args.log.open("a") as log:
+                    log.write(json.dumps(row) + "\n")
+            print(f"[{index}/{len(specs)}] {spec}: {_status(row)}", flush=True)
+    return [done[spec] for spec, _ in specs]
+
+
+def _child(send, spec: str, family: str, size: int, max_params: float) -> None:
+    """The forked process: measure one model, send its row (or the error) back to the parent."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        row = check_one(spec, family, size, max_params)
+    except BaseException as err:  # noqa: BLE001 - any failure of the model is a row, not a crash
+        row = {"model": spec, "family": family, "error": f"{type(err).__name__}: {err}".strip()[:300]}
+    send.send(row)
+    send.close()
+
+
+def read_log(path: Path | None) -> dict[str, dict]:
+    """Rows already measured, from a ``--log`` file (JSON lines; a torn last line is ignored)."""
+    rows: dict[str, dict] = {}
+    if path is not None and path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows[row["model"]] = row
     return rows
 
 
@@ -250,8 +310,10 @@ def summary(rows: list[dict]) -> list[str]:
         if dense:
             converted, eligible = _total(ok, "converted", kind), _total(ok, "eligible", kind)
             models = sum(1 for r in ok if r.get("convs_dense", {}).get(kind))
-            lines.append(f"{kind}: {converted} converted of {eligible} eligible, {dense} dense found "
-                         f"({100 * converted / dense:.1f} % of dense) in {models} models")
+            by_policy = _total(ok, "kept_by_policy", kind)
+            lines.append(f"{kind}: {converted} converted of {eligible} eligible ({100 * converted / max(eligible, 1):.1f} %; "
+                         f"{100 * converted / max(eligible - by_policy, 1):.1f} % of the {eligible - by_policy} not kept by the "
+                         f"default stem / output / pointwise rules), {dense} dense found ({100 * converted / dense:.1f} % of dense) in {models} models")
     reasons: Counter = Counter()
     for row in ok:
         reasons.update(row.get("kept_reasons", {}))
@@ -262,6 +324,13 @@ def summary(rows: list[dict]) -> list[str]:
         slowest = max(timed, key=lambda r: r["seconds"])
         lines.append(f"seconds per model (build, convert, run): median {statistics.median(r['seconds'] for r in timed):.1f}, "
                      f"slowest {slowest['seconds']:.1f} ({slowest['model']}); all {sum(r.get('wall_seconds', 0) for r in rows):.0f} s wall")
+    converts = [r for r in tried if "convert_seconds" in r]
+    if converts:
+        slow = sorted((r for r in converts if r["convert_seconds"] > CONVERT_SECONDS_TARGET), key=lambda r: -r["convert_seconds"])
+        slowest = max(converts, key=lambda r: r["convert_seconds"])
+        lines.append(f"seconds to convert: median {statistics.median(r['convert_seconds'] for r in converts):.1f}, slowest "
+                     f"{slowest['convert_seconds']:.1f} ({slowest['model']}); over {CONVERT_SECONDS_TARGET} s: {len(slow)}"
+                     + (" (" + ", ".join(f"{r['model']} {r['convert_seconds']:.0f} s" for r in slow) + ")" if slow else ""))
     lines += [f"FAILED {r['model']}: {r.get('error') or 'outputs differ'}" for r in failed]
     return lines
 
@@ -293,18 +362,19 @@ def main() -> None:
     parser.add_argument("--max-params", type=float, default=100.0, help="skip models with more parameters, in millions (default 100)")
     parser.add_argument("--input-size", type=int, default=64, help="smallest image side tried (default 64)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per model (default 600)")
+    parser.add_argument("--jobs", type=int, default=1, help="models measured at once, one process and one thread each (default 1)")
+    parser.add_argument("--log", type=Path, help="append each row here as it is measured (JSON lines); models already in it are skipped")
     parser.add_argument("--json", type=Path, help="write every row here")
     parser.add_argument("--markdown", type=Path, help="write the summary and a table of every row here")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one model, one JSON line
-    parser.add_argument("--one-family", default="classification", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
-        print(json.dumps(check_one(args.one, args.one_family, args.input_size, args.max_params)))
-        return
     sources = SOURCES if args.all else (args.source or ["torchvision"])
     specs = [spec for source in sources for spec in model_specs(source, args.filter, None if args.all else args.family)]
     specs = specs[: args.limit]
-    rows = run_all(specs, args)
+    import ghostify  # noqa: F401 - imported once here, shared by the forked children
+    import timm  # noqa: F401
+    import torchvision  # noqa: F401
+
+    rows = run_all(specs, args, read_log(args.log))
     lines = summary(rows)
     print("\n".join(lines))
     if args.json:
