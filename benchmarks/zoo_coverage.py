@@ -131,7 +131,7 @@ def _reason_kind(reason: str | None) -> str:
     return text if not text.startswith("out_channels") else "out_channels below ratio / min_channels"
 
 
-def _candidates(family: str, dims: int | None, channels: int, size: int) -> list[tuple]:
+def _candidates(family: str, dims: int | None, channels: int, size: int, default_side: tuple[int, int] | None = None) -> list[tuple]:
     import torch
 
     generator = torch.Generator().manual_seed(0)
@@ -145,7 +145,8 @@ def _candidates(family: str, dims: int | None, channels: int, size: int) -> list
         return [(randn(2, channels, frames, side, side),) for frames, side in VIDEO_SIZES]
     if dims == 1:
         return [(randn(2, channels, length),) for length in SIGNAL_LENGTHS]
-    return [(randn(2, channels, side, side),) for side in sorted({size, 224, 299})]
+    sides = sorted({(size, size), (224, 224), (299, 299)} | ({default_side} if default_side else set()))
+    return [(randn(2, channels, *side),) for side in sides]
 
 
 def _smallest_input(model, family: str, dims: int | None, size: int) -> tuple[tuple, object]:
@@ -157,7 +158,9 @@ def _smallest_input(model, family: str, dims: int | None, size: int) -> tuple[tu
     conv = first_conv(model)
     channels = conv.in_channels if conv is not None and not isinstance(conv, TRANSPOSED_CONV_TYPES) else 3
     error: Exception | None = None
-    for inputs in _candidates(family, dims, channels, size):
+    default = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")  # timm: the size it was built for
+    default_side = tuple(default[-2:]) if default and len(default) == 3 else None
+    for inputs in _candidates(family, dims, channels, size, default_side):
         try:
             with torch.no_grad():
                 return inputs, model(*inputs)
