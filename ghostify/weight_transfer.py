@@ -71,6 +71,10 @@ class ChannelAssignment:
 def group_channels(gain: torch.Tensor, ratio: int, source_value: torch.Tensor | None = None) -> ChannelAssignment:
     """Sources and their ghosts from ``gain[i, j]``: how much of channel ``j`` is reproduced as a ghost of ``i``.
 
+    ``gain`` is an (n, n) tensor, dense or sparse (``torch.sparse_coo_tensor``: the entries not
+    stored are 0, and when a row's stored channels are all taken its ghosts are the lowest free
+    channels); a sparse gain with a few candidates per row keeps wide layers cheap.
+
     Greedy: take the source whose own ``source_value`` (what keeping it exact is worth; default 0)
     plus the gain of its ``ratio - 1`` best free channels is largest, give it those channels,
     repeat until every channel is taken (exactly ``ceil(n / ratio)`` sources).
@@ -82,11 +86,14 @@ def group_channels(gain: torch.Tensor, ratio: int, source_value: torch.Tensor | 
     best channels, sorted once; only a row whose sorted ones are all taken is searched again.
     """
     n = gain.shape[0]
-    gain = gain.detach().double().cpu().clone()
-    gain.fill_diagonal_(float("-inf"))  # a channel is never its own ghost
     own = [0.0] * n if source_value is None else source_value.detach().double().cpu().tolist()
-    ranked = gain.topk(min(n, max(4 * (ratio - 1), 32)), dim=1)  # each row's best channels, best first
-    ranked_values, ranked_indices = ranked.values.tolist(), ranked.indices.tolist()
+    if gain.is_sparse:
+        ranked_indices, ranked_values = _ranked_sparse_rows(gain)
+    else:
+        gain = gain.detach().double().cpu().clone()
+        gain.fill_diagonal_(float("-inf"))  # a channel is never its own ghost
+        ranked = gain.topk(min(n, max(4 * (ratio - 1), 32)), dim=1)  # each row's best channels, best first
+        ranked_values, ranked_indices = ranked.values.tolist(), ranked.indices.tolist()
     taken = torch.zeros(n, dtype=torch.bool)
     is_free = [True] * n
     sources: list[int] = []
@@ -101,6 +108,9 @@ def group_channels(gain: torch.Tensor, ratio: int, source_value: torch.Tensor | 
             picked = [j for j in ranked_indices[row] if is_free[j]][:size]
             if len(picked) == size:
                 total = math.fsum(gain_value for j, gain_value in zip(ranked_indices[row], ranked_values[row]) if j in picked)
+            elif gain.is_sparse:  # the rest of the row is 0: its lowest free channels
+                total = math.fsum(v for j, v in zip(ranked_indices[row], ranked_values[row]) if j in picked)
+                picked += [j for j in range(n) if is_free[j] and j != row and j not in picked][:size - len(picked)]
             else:  # every ranked channel of this row is taken: search the whole row
                 values, indices = gain[row].masked_fill(taken, float("-inf")).topk(size)
                 picked, total = indices.tolist(), math.fsum(values.tolist())
@@ -132,6 +142,38 @@ def group_channels(gain: torch.Tensor, ratio: int, source_value: torch.Tensor | 
     return ChannelAssignment(sources, ghosts)
 
 
+def _ranked_sparse_rows(gain: torch.Tensor) -> tuple[list[list[int]], list[list[float]]]:
+    """Per row of a sparse (n, n) gain: its stored channels (the diagonal left out), best first, and their gains."""
+    gain = gain.detach().coalesce().cpu()
+    rows, cols = gain.indices()
+    values = gain.values().double()
+    keep = rows != cols
+    rows, cols, values = rows[keep], cols[keep], values[keep]
+    order = torch.argsort(cols, stable=True)  # ties go to the lower channel
+    order = order[torch.argsort(-values[order], stable=True)]
+    order = order[torch.argsort(rows[order], stable=True)]
+    ends = torch.bincount(rows, minlength=gain.shape[0]).cumsum(0).tolist()
+    cols, values = cols[order].tolist(), values[order].tolist()
+    starts = [0, *ends[:-1]]
+    return [cols[a:b] for a, b in zip(starts, ends)], [values[a:b] for a, b in zip(starts, ends)]
+
+
+def _most_similar(unit: torch.Tensor, k: int, rows_per_chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row of ``unit`` (unit-norm filters), the ``k`` others with the largest ``|cosine|``: (indices, |cosine|).
+
+    In float32 and by chunks of rows: a 3840-filter layer never holds its whole 3840 x 3840 similarity."""
+    unit32 = unit.float()
+    indices, values = [], []
+    for first in range(0, len(unit32), rows_per_chunk):
+        similarity = (unit32[first:first + rows_per_chunk] @ unit32.T).abs_()
+        rows = torch.arange(first, first + len(similarity))
+        similarity[torch.arange(len(similarity)), rows] = -1.0  # never itself
+        nearest = similarity.topk(k, dim=1)
+        indices.append(nearest.indices)
+        values.append(nearest.values)
+    return torch.cat(indices), torch.cat(values).double().clamp_(max=1.0)
+
+
 def assign_channels(
     weight: torch.Tensor,
     ratio: int,
@@ -152,26 +194,24 @@ def assign_channels(
     energy = flat.pow(2).sum(dim=1)
     energy = energy / energy.mean().clamp_min(1e-30)
     unit = flat / flat.norm(dim=1).clamp_min(1e-12)[:, None]
-    similarity = (unit @ unit.T).abs()
-    similarity.fill_diagonal_(-1.0)
     k = min(max(candidates, ratio - 1), n - 1)
-    gain = torch.zeros(n, n, dtype=torch.float64)
-    if k > 0:
-        nearest = similarity.topk(k, dim=1).indices
-        src = torch.arange(n).repeat_interleave(k)
-        dst = nearest.reshape(-1)
-        if all(size == 1 for size in weight.shape[2:]):  # a 1x1 filter overlaps none of its shifted copies: R^2 = cos^2
-            dead = flat.norm(dim=1)[dst] == 0  # (a dead filter is any filter's exact ghost, as in the fit)
-            explained = torch.where(dead, torch.ones_like(similarity[src, dst]), similarity[src, dst] ** 2)
-        else:
-            _, residual, pair_energy = _fit_pairs(weight.detach().float().cpu(), src, dst, stride, dw_size, dilation)
-            explained = torch.where(pair_energy > 0, 1 - residual / pair_energy.clamp_min(1e-30), torch.ones_like(pair_energy))
-        # a little cosine keeps the order sensible among filters no kernel can reproduce
-        gain[src, dst] = (explained.clamp(0, 1) + 1e-3 * similarity[src, dst]) * energy[dst]
-        # exact ghosts first: a group that loses nothing beats any trade of energy between groups
-        gain[src, dst] += (explained > 1 - _EXACT) * energy.sum()
+    if k == 0:
+        return group_channels(torch.zeros(n, n, dtype=torch.float64), ratio, source_value=energy)
+    nearest, similarity = _most_similar(unit, k)
+    src, dst, similarity = torch.arange(n).repeat_interleave(k), nearest.reshape(-1), similarity.reshape(-1)
+    if all(size == 1 for size in weight.shape[2:]):  # a 1x1 filter overlaps none of its shifted copies: R^2 = cos^2
+        dead = flat.norm(dim=1)[dst] == 0  # (a dead filter is any filter's exact ghost, as in the fit)
+        explained = torch.where(dead, torch.ones_like(similarity), similarity ** 2)
+    else:
+        _, residual, pair_energy = _fit_pairs(weight.detach().float().cpu(), src, dst, stride, dw_size, dilation)
+        explained = torch.where(pair_energy > 0, 1 - residual / pair_energy.clamp_min(1e-30), torch.ones_like(pair_energy))
+    # a little cosine keeps the order sensible among filters no kernel can reproduce
+    gain = (explained.clamp(0, 1) + 1e-3 * similarity) * energy[dst]
+    # exact ghosts first: a group that loses nothing beats any trade of energy between groups
+    gain = gain + (explained > 1 - _EXACT) * energy.sum()
     # the objective is the output energy reproduced: exact sources plus the explained part of ghosts
-    return group_channels(gain, ratio, source_value=energy)
+    sparse_gain = torch.sparse_coo_tensor(torch.stack([src, dst]), gain, (n, n), check_invariants=True)
+    return group_channels(sparse_gain, ratio, source_value=energy)
 
 
 def _per_dim(value: Sequence[int] | int | None, weight: torch.Tensor) -> tuple[int, ...]:

@@ -453,3 +453,25 @@ def test_a_wide_conv_at_a_large_dilation_converts_without_building_dilated_filte
     ghost = ghostify.convert(nn.Sequential(nn.Conv2d(3, 512, 1), conv, nn.Flatten(), nn.LazyLinear(2)), skip_stem=True)
     plan = ghostify.get_plan(ghost)
     assert plan.layer("1").convert and plan.layer("1").fit_error is not None
+
+
+@pytest.mark.parametrize("n, ratio", [(6, 2), (41, 3), (50, 2)])
+def test_group_channels_gives_the_same_groups_for_a_sparse_gain(n, ratio):
+    torch.manual_seed(n * ratio)
+    gain = torch.rand(n, n, dtype=torch.float64) + 0.1
+    own = torch.rand(n, dtype=torch.float64)
+    # every entry stored: the same greedy choices as the dense gain
+    assert group_channels(gain.to_sparse(), ratio, source_value=own) == group_channels(gain, ratio, source_value=own)
+    # a few stored candidates per row (as assign_channels passes them): the same as the dense gain with zeros elsewhere
+    few = torch.where(torch.rand(n, n) < 0.2, gain, torch.zeros_like(gain))
+    sparse = group_channels(few.to_sparse(), ratio, source_value=own)
+    assert (sparse.sources, sparse.ghosts) == _greedy_reference(few, ratio, own)
+
+
+def test_group_channels_fills_a_sparse_row_from_the_lowest_free_channels():
+    n = 6
+    indices = torch.tensor([[0, 1, 2, 3], [1, 0, 3, 2]])  # channel 4 and 5 have no candidates
+    sparse = torch.sparse_coo_tensor(indices, torch.tensor([9.0, 9.0, 8.0, 8.0]), (n, n), check_invariants=True)
+    own = torch.tensor([0.0, 0.0, 0.0, 0.0, 2.0, 1.0])
+    assignment = group_channels(sparse, 2, source_value=own)
+    assert assignment == ChannelAssignment([0, 2, 4], [[1], [3], [5]])
