@@ -87,21 +87,27 @@ def check_one(spec: str, family: str, size: int, max_params: float) -> dict:
     row["params_m"] = round(params / 1e6, 2)
     if params > max_params * 1e6:
         return {**row, "skipped": f"more than {max_params:g} M parameters"}
-    found: Counter = Counter()
-    dense: Counter = Counter()
-    for module in model.modules():
-        kind = next((f"Conv{d}d" for d, t in CONV_TYPES.items() if isinstance(module, t)), None)
-        if kind is not None and not isinstance(module, TRANSPOSED_CONV_TYPES):
-            found[kind] += 1
-            dense[kind] += module.groups == 1
-    row["convs_found"], row["convs_dense"] = dict(found), dict(dense)
-    if not sum(dense.values()):
+    def conv_counts(network) -> tuple[dict, dict]:
+        found: Counter = Counter()
+        dense: Counter = Counter()
+        for module in network.modules():
+            kind = next((f"Conv{d}d" for d, t in CONV_TYPES.items() if isinstance(module, t)), None)
+            if kind is not None and not isinstance(module, TRANSPOSED_CONV_TYPES):
+                found[kind] += 1
+                dense[kind] += module.groups == 1
+        return dict(found), dict(dense)
+
+    row["convs_found"], row["convs_dense"] = conv_counts(model)
+    if not sum(row["convs_dense"].values()):
         return {**row, "eligible": {}, "converted": {}, "same_outputs": None,
                 "seconds": round(time.perf_counter() - start, 1), "note": "no dense conv"}
     convert_start = time.perf_counter()
     converted = ghostify.convert(model)
     row["convert_seconds"] = round(time.perf_counter() - convert_start, 1)
     plan = ghostify.get_plan(converted)
+    if plan.reparameterized:  # counted again in the fused form the plan names (a RepVGG block: one conv, not two)
+        row["reparameterized_blocks"] = len(plan.reparameterized)
+        row["convs_found"], row["convs_dense"] = conv_counts(ghostify.base_form(model, plan))
     row["eligible"] = dict(Counter(_kind(layer) for layer in plan.eligible if layer.kind == "module"))
     row["converted"] = dict(Counter(_kind(layer) for layer in plan.converted))
     row["kept_by_policy"] = dict(Counter(_kind(layer) for layer in plan.eligible
@@ -160,6 +166,8 @@ def _smallest_input(model, family: str, dims: int | None, size: int) -> tuple[tu
     error: Exception | None = None
     default = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")  # timm: the size it was built for
     default_side = tuple(default[-2:]) if default and len(default) == 3 else None
+    if default_side:  # (a model may transform its input before the first conv: csatv2's DCT stem)
+        channels = default[0]
     for inputs in _candidates(family, dims, channels, size, default_side):
         try:
             with torch.no_grad():

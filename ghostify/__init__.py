@@ -3,7 +3,7 @@
 from .bench import BenchReport, bench
 from .calibrate import CalibrationResult, calibrate
 from .config import GhostConfig
-from .convert import convert, convert_, get_plan, plan_conversion
+from .convert import base_form, convert, convert_, get_plan, plan_conversion
 from .data import InputPipeline
 from .deploy import DeployedGhostConv2d, DeployRecord, deploy
 from .distill import DistillConfig, DistillResult, distill
@@ -14,6 +14,7 @@ from .ghost_module import (
 from .graph_pass import register_variant
 from .latency_plan import plan_for_latency
 from .models import ResolvedModel, resolve_model
+from .reparameterize import reparameterize
 from .report import ComparisonReport, compare
 from .selection import ConversionPlan, LayerPlan
 from .serialization import load, save
@@ -23,6 +24,7 @@ from .version import __version__
 
 __all__ = [
     "BenchReport",
+    "base_form",
     "bench",
     "deploy",
     "DeployedGhostConv2d",
@@ -54,6 +56,7 @@ __all__ = [
     "plan_conversion",
     "plan_for_latency",
     "register_variant",
+    "reparameterize",
     "resolve_model",
     "save",
     "sweep",

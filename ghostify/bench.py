@@ -17,7 +17,7 @@ import torch
 from rich.table import Table
 from torch import nn
 
-from .convert import copy_model
+from .convert import base_form, copy_model, get_plan
 from .errors import GhostifyError
 from .formatting import parse_whole_numbers, timing_text
 from .measure import LatencyStats, example_input, latency_stats, percentile, resolve_device, time_interleaved
@@ -95,11 +95,14 @@ def bench(
 ) -> BenchReport:
     """Time ``original`` and ``converted`` at each batch size, eager and (``compiled``) under ``torch.compile``.
 
-    The models are moved to ``device`` in copies; the callers' models stay as they are.
+    The models are moved to ``device`` in copies; the callers' models stay as they are. When
+    ``converted`` was made with its re-parameterisable blocks fused (``GhostConfig.reparameterize``),
+    ``original`` is timed in that form too, so that the speedup is the ghost modules' alone.
     ``compile_backend`` is passed to ``torch.compile`` ("inductor" needs a C++ compiler on CPU).
     """
     batch_sizes = parse_batch_sizes(batch_sizes)
     target = resolve_device(device)
+    original = base_form(original, get_plan(converted))  # re-parameterisable blocks fused, as in the converted model
     pair = [_on(model, target) for model in (original, converted)]
     modes = MODES if compiled else MODES[:1]
     rows = []

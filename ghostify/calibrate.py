@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .convert import base_form, get_plan
 from .errors import GhostifyError
 from .ghost_module import CONV_TYPES, GhostConv2d, GhostConv2dBNReLU, is_ghost_module, is_paper_variant
 from .weight_transfer import ChannelAssignment, group_channels
@@ -509,6 +510,7 @@ def calibrate(
         if any(is_paper_variant(m) for m in student.modules()):
             raise GhostifyError("the paper-bn-relu ghost modules are not linear, so they cannot be calibrated; distill the model instead.")
         raise GhostifyError("the student has no ghost modules to calibrate; convert the model first (ghostify.convert).")
+    teacher = base_form(teacher, get_plan(student))  # re-parameterisable blocks fused, as in the student
     check_teacher_fits(student, teacher, [name for name, _ in layers])
     if pipeline is None and not isinstance(data, (torch.Tensor, torch.utils.data.Dataset, torch.utils.data.DataLoader)):
         pipeline = InputPipeline.for_model(teacher)

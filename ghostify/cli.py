@@ -112,6 +112,7 @@ LayerRatioOpt = Annotated[Optional[list[str]], _value("--layer-ratio", metavar="
 MinChannelsOpt = Annotated[int, _value("--min-channels", metavar="N", min=1, help="Leave convs with fewer output channels alone; e.g. --min-channels 64 (default 8).")]
 SkipStemOpt = Annotated[bool, typer.Option("--skip-stem/--convert-stem", help="Keep the first conv (default, as in the paper: it costs few MACs and converting it loses the most accuracy), or convert it too.", show_default=False)]
 SkipOutputOpt = Annotated[bool, typer.Option("--skip-output/--convert-output", help="Keep the convs that produce the model's output, such as a 1x1 classifier conv (default: converting one makes half the class scores cheap copies of the others), or convert them too.", show_default=False)]
+ReparameterizeOpt = Annotated[bool, typer.Option("--reparameterize/--keep-training-form", help="Fuse re-parameterisable blocks (RepVGG, MobileOne, FastViT, LeViT, a conv + BatchNorm with a fuse() method) as timm.utils.reparameterize_model does, then convert their convs too: the converted model is the inference form (default); or keep those blocks and their convs as they are.", show_default=False)]
 SkipPointwiseOpt = Annotated[bool, _flag("--skip-pointwise", help="Leave every 1x1 conv alone (default: off).")]
 CheckpointOpt = Annotated[Optional[Path], _value("--checkpoint", "-c", metavar="FILE", help="Weights to load: a state dict, {'state_dict': ...} or {'model': ...}, a 'module.' prefix is stripped; e.g. -c resnet20.th (default: random weights, seeded and recorded).")]
 TrustOpt = Annotated[bool, _flag("--trust-checkpoint", help="Allow checkpoints holding pickled Python objects; unpickling can run code, so only for files you trust (default: off, weights only).")]
@@ -188,11 +189,12 @@ def _parse_layer_ratios(rules: list[str] | None) -> list[tuple[str, int]]:
 
 
 def _config(ratio: int, dw_size: int, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise,
-            skip_output: bool = True, variant: str = "linear", init: str | None = None) -> GhostConfig:
+            skip_output: bool = True, variant: str = "linear", init: str | None = None, reparameterize: bool = True) -> GhostConfig:
     return GhostConfig(
         ratio=ratio, dw_size=dw_size, include=tuple(include or ()), exclude=tuple(exclude or ()),
         layer_ratios=tuple(_parse_layer_ratios(layer_ratio)), min_channels=min_channels,
         skip_stem=skip_stem, skip_pointwise=skip_pointwise, skip_output=skip_output, variant=variant, init=init,
+        reparameterize=reparameterize,
     )
 
 
@@ -227,6 +229,10 @@ def _print_trace(plan: ConversionPlan) -> None:
         stdout.print("analysis: torch.fx graph (call sites, stem and output convs from the traced forward)")
     else:  # the whole note is in report.json
         stdout.print(f"analysis: module walk, because {escape(shorten(str(plan.trace_note)))}", soft_wrap=True)
+    if plan.reparameterized:
+        count = len(plan.reparameterized)
+        stdout.print(f"re-parameterised {count} block{'s' if count != 1 else ''} first ({escape(shorten(', '.join(plan.reparameterized), 80))}): "
+                     "the converted model is the inference form; --keep-training-form leaves them as they are", soft_wrap=True)
 
 
 def _print_selection(plan: ConversionPlan) -> None:
@@ -364,6 +370,7 @@ def convert(
     min_channels: MinChannelsOpt = 8,
     skip_stem: SkipStemOpt = True,
     skip_output: SkipOutputOpt = True,
+    reparameterize: ReparameterizeOpt = True,
     skip_pointwise: SkipPointwiseOpt = False,
     variant: Annotated[Variant, _value("--variant", metavar="KIND", help="Ghost module kind: linear (a drop-in for the conv) or paper-bn-relu (BN+ReLU inside, as in the paper: train it); e.g. --variant paper-bn-relu (default linear).")] = Variant("linear"),
     init: Annotated[Optional[InitMode], _value("--init", metavar="HOW", help="How ghost modules start: transfer (from the original weights) or random; e.g. --init random (default transfer; random for paper-bn-relu, which cannot start from the original weights).")] = None,
@@ -407,7 +414,7 @@ def convert(
         if not is_main_process():
             stdout.quiet = True
         config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, skip_output,
-                         variant.value, init.value if init is not None else None)
+                         variant.value, init.value if init is not None else None, reparameterize)
         size = explicit_size = parse_input_size(input_size)  # a typo fails before the model is built
         norm_mean, norm_std = _parse_floats("--mean", mean), _parse_floats("--std", std)
         options = _training_options(epochs, batch_size, lr, seed, augment)
@@ -616,6 +623,7 @@ def inspect(
     min_channels: MinChannelsOpt = 8,
     skip_stem: SkipStemOpt = True,
     skip_output: SkipOutputOpt = True,
+    reparameterize: ReparameterizeOpt = True,
     skip_pointwise: SkipPointwiseOpt = False,
     checkpoint: CheckpointOpt = None,
     trust_checkpoint: TrustOpt = False,
@@ -626,7 +634,8 @@ def inspect(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Show every conv of MODEL: shape, dilation, MACs, whether it would be converted, at what ratio and saving, and why not."""
-    config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, skip_output)
+    config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, skip_output,
+                     reparameterize=reparameterize)
     size = parse_input_size(input_size)
     resolved = _resolve(model, checkpoint, trust_checkpoint, False)
     size = input_size_for(resolved.model, size)
@@ -698,6 +707,7 @@ def sweep(
     min_channels: MinChannelsOpt = 8,
     skip_stem: SkipStemOpt = True,
     skip_output: SkipOutputOpt = True,
+    reparameterize: ReparameterizeOpt = True,
     skip_pointwise: SkipPointwiseOpt = False,
     checkpoint: CheckpointOpt = None,
     trust_checkpoint: TrustOpt = False,
@@ -712,7 +722,8 @@ def sweep(
 ) -> None:
     """Convert MODEL at several ratios and compare them in one report (accuracy vs MACs with --data)."""
     ratio_list = parse_ratios(ratios)
-    config = _config(ratio_list[0], dw_size, include, exclude, None, min_channels, skip_stem, skip_pointwise, skip_output)
+    config = _config(ratio_list[0], dw_size, include, exclude, None, min_channels, skip_stem, skip_pointwise, skip_output,
+                     reparameterize=reparameterize)
     size = explicit_size = parse_input_size(input_size)
     if save_models and output is None:
         raise ConfigError("--save-models saves the converted models in the output directory: pass -o DIR too.")

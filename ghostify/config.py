@@ -10,7 +10,7 @@ from typing import Any
 from .errors import ConfigError
 from .ghost_module import check_ghost_params
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: reparameterize (records of version 1 were made without it)
 INIT_MODES = ("transfer", "random")
 # The paper tries d = 1..7; the data-free fit needs O(channels * d**4) memory, so d = 63 on a
 # 256-channel conv already takes > 24 GB. Larger kernels are refused up front.
@@ -65,6 +65,9 @@ class GhostConfig:
     init: "transfer" starts from the original weights, "random" from PyTorch's default init; None
     (default) is "transfer" for variants that can start from the original weights and "random"
     for the others (paper-bn-relu: BN and ReLU inside, so the original weights do not carry over).
+    reparameterize: fuse re-parameterisable blocks (RepVGG, MobileOne, LeViT, a conv + BatchNorm with a
+    ``fuse()``) in a copy of the model before converting, so that their convs convert too; the
+    converted model is then the inference form (default). False keeps such convs as they are.
     """
 
     ratio: int = 2
@@ -78,6 +81,7 @@ class GhostConfig:
     skip_output: bool = True
     variant: str = "linear"
     init: str | None = None
+    reparameterize: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "include", _as_patterns(self.include))
@@ -93,7 +97,7 @@ class GhostConfig:
                 raise ConfigError(f"layer_ratios[{pattern!r}]: {err}") from None
         if isinstance(self.min_channels, bool) or not isinstance(self.min_channels, int) or self.min_channels < 1:
             raise ConfigError(f"min_channels must be a whole number >= 1, got {self.min_channels!r}.")
-        for name in ("skip_stem", "skip_pointwise", "skip_output"):
+        for name in ("skip_stem", "skip_pointwise", "skip_output", "reparameterize"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         from .graph_pass import TRANSFERS_WEIGHTS, VARIANTS  # the registry lives with the code that uses it
@@ -140,4 +144,6 @@ class GhostConfig:
             )
         if not isinstance(data, Mapping) or not all(isinstance(key, str) for key in data):
             raise ConfigError(f"GhostConfig record has no valid _data mapping (found {type(data).__name__}).")
+        if version < 2:
+            data = {"reparameterize": False, **data}
         return cls.from_options(**data)

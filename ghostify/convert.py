@@ -16,6 +16,7 @@ from torch import nn
 from .config import GhostConfig
 from .errors import ConfigError
 from .graph_pass import apply_plan, find_conv_sites
+from .reparameterize import reparameterisable_blocks, reparameterize
 from .selection import ConversionPlan, plan_layers
 
 PLAN_ATTRIBUTE = "ghostify_plan"
@@ -28,14 +29,36 @@ def plan_conversion(model: nn.Module, config: GhostConfig | None = None, **optio
     ``config``. Nothing is changed.
     """
     config = GhostConfig.from_options(config, **options)
+    fused: list[str] = []
+    if config.reparameterize and reparameterisable_blocks(model):
+        model = copy_model(model)  # planned on a fused copy: the user's model stays as it is
+        fused = reparameterize(model)
     sites, trace, note = find_conv_sites(model)
-    return plan_layers(sites, config, trace, note)
+    plan = plan_layers(sites, config, trace, note)
+    plan.reparameterized = fused
+    return plan
+
+
+def base_form(model: nn.Module, plan: ConversionPlan | None) -> nn.Module:
+    """``model`` in the form ``plan`` was made on: a copy with its re-parameterisable blocks fused when the
+    plan fused them (``GhostConfig.reparameterize``), else ``model`` itself.
+
+    For whatever is paired with a converted model layer by layer: the teacher of calibration and
+    distillation, the original of a comparison, the base model a saved conversion is loaded onto.
+    """
+    if plan is None or not plan.reparameterized or not reparameterisable_blocks(model):
+        return model
+    fused = copy_model(model)
+    reparameterize(fused)
+    return fused
 
 
 def convert_(model: nn.Module, config: GhostConfig | None = None, **options: Any) -> nn.Module:
     """Convert ``model`` in place and return it; see ``convert``."""
     plan = plan_conversion(model, config, **options)
     recorded = _recorded_plan(model, plan)
+    if plan.reparameterized:
+        reparameterize(model)
     apply_plan(model, plan, transfer=plan.config.init == "transfer")
     setattr(model, PLAN_ATTRIBUTE, recorded)
     return model
@@ -60,11 +83,13 @@ def convert(model: nn.Module, config: GhostConfig | None = None, *, plan: Conver
     elif config is not None or options:
         raise ConfigError("pass either a plan or conversion options, not both: the plan already holds its config.")
     else:
-        mismatch = plan.base_model_mismatch(model)
+        mismatch = plan.base_model_mismatch(base_form(model, plan))
         if mismatch:
             raise ConfigError(f"the plan was made for another model: {mismatch}.")
     recorded = _recorded_plan(model, plan)
     converted = copy_model(model)
+    if plan.reparameterized:
+        reparameterize(converted)
     apply_plan(converted, plan, transfer=plan.config.init == "transfer")
     setattr(converted, PLAN_ATTRIBUTE, recorded)
     return converted

@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .calibrate import check_teacher_fits, reconstruction_blocks
+from .convert import base_form, get_plan
 from .data import AUGMENTATIONS, InputPipeline, as_dataset, check_labels, sample_seed
 from .errors import ConfigError, GhostifyError
 from .ghost_module import is_ghost_module
@@ -370,6 +371,7 @@ def distill(
     config = dataclasses.replace(config or DistillConfig(), **options) if options else (config or DistillConfig())
     world = _setup_world(device)
     names = [name for name, module in student.named_modules() if is_ghost_module(module)]
+    teacher = base_form(teacher, get_plan(student))  # re-parameterisable blocks fused, as in the student
     check_teacher_fits(student, teacher, names)
     if pipeline is None and not (isinstance(data, Dataset) and (val_data is None or isinstance(val_data, Dataset))):
         pipeline = InputPipeline.for_model(teacher)  # images from folders (a Dataset needs none)

@@ -33,6 +33,7 @@ from .conv_equivalent import base_conv_type, computes_plain_conv, equivalent_con
 from .ghost_module import (
     CONV_TYPES, GHOST_MODULE_TYPES, LINEAR_GHOSTS, PAPER_GHOSTS, TRANSPOSED_CONV_TYPES, conv_dims,
 )
+from .reparameterize import already_fused, fusing_method
 from .selection import ConversionPlan, ConvSite, conv_kind
 from .weight_transfer import transfer_weights
 
@@ -222,9 +223,6 @@ def find_conv_sites(model: nn.Module) -> tuple[list[ConvSite], str, str | None]:
     return sites, trace_kind, note
 
 
-_REPARAMETERISE_METHODS = ("fuse", "reparameterize", "switch_to_deploy")  # what timm's reparameterize_model calls
-
-
 def _mark_reparameterisable(model: nn.Module, sites: list[ConvSite]) -> None:
     """Keep the convs of re-parameterisable blocks (RepVGG, MobileOne, FastViT) not fused yet: fusing reads their
     weights. In a fused timm block (one with a ``reparam_conv``) every conv converts, its ``reparam_conv`` and any
@@ -236,13 +234,13 @@ def _mark_reparameterisable(model: nn.Module, sites: list[ConvSite]) -> None:
         for depth in range(len(parts) - 1, -1, -1):
             block_name = ".".join(parts[:depth])
             block = model.get_submodule(block_name)
-            method = next((m for m in _REPARAMETERISE_METHODS if callable(getattr(block, m, None))), None)
-            if isinstance(getattr(block, "reparam_conv", None), nn.Module):
+            method = fusing_method(block)
+            if already_fused(block):
                 break
             if method is not None:
                 where = f"{block_name} ({type(block).__name__})" if block_name else type(block).__name__
-                site.unsupported = (f"inside {where}, whose {method}() fuses its convs' weights; re-parameterise the "
-                                    "model first (timm.utils.reparameterize_model), then convert")
+                site.unsupported = (f"inside {where}, whose {method}() fuses its convs' weights; convert with "
+                                    "reparameterize=True (--reparameterize) to fuse such blocks first")
                 break
 
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from .config import GhostConfig
 from .conv_equivalent import equivalent_conv
-from .convert import plan_conversion
+from .convert import base_form, plan_conversion
 from .deploy import DeployedGhostConv2d
 from .ghost_module import GhostConv2d
 from .graph_pass import VARIANTS
@@ -92,6 +92,7 @@ def plan_for_latency(
     """
     budget = Budget.parse(budget) if isinstance(budget, str) else budget
     plan = plan_conversion(model, config, **options)
+    model = base_form(model, plan)  # the layers as the plan names them (re-parameterisable blocks fused)
     target = resolve_device(device)
     shapes = _input_shapes(model, [layer.name for layer in plan.converted], example_input(tuple(input_size), batch_size))
     build = VARIANTS[plan.config.variant]

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from .calibrate import calibrate as calibrate_model
 from .calibrate import calibration_layers, check_teacher_fits
+from .convert import base_form, get_plan
 from .data import InputPipeline, as_dataset, check_labels
 from .deploy import get_deploy_record
 from .distill import agreement_and_accuracy, num_classes
@@ -107,7 +108,7 @@ def recover(
                           "calibrate or distill the converted model (saved without --deploy), then deploy it.")
     stdout = console if console is not None else Console(quiet=True)
     target = resolve_device(device)
-    teacher.eval()
+    teacher = base_form(teacher, get_plan(student)).eval()  # re-parameterisable blocks fused, as in the student
     check_teacher_fits(student, teacher, [name for name, module in student.named_modules() if is_ghost_module(module)])
     train = as_dataset([str(p) for p in data], pipeline)  # missing / empty / too small images fail here, before any work
     val = as_dataset([str(p) for p in val_data], pipeline) if val_data else None

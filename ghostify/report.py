@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from . import report_render as render
-from .convert import get_plan
+from .convert import base_form, get_plan
 from .deploy import get_deploy_record
 from .errors import GhostifyError
 from .evaluate import AccuracyStats, evaluate
@@ -443,6 +443,7 @@ def compare(
     also measures top-1 accuracy of both and how often they agree. Neither model is changed.
     """
     plan = _require_plan(converted)
+    original = base_form(original, plan)  # re-parameterisable blocks fused, as the converted model has them
     mismatch = plan.base_model_mismatch(original)
     if mismatch:
         raise GhostifyError(

@@ -100,6 +100,7 @@ class ConversionPlan:
     config: GhostConfig
     trace: str  # "fx" (torch.fx graph) or "module" (named_modules walk, when FX cannot trace)
     trace_note: str | None = None
+    reparameterized: list[str] = field(default_factory=list)  # blocks fused before planning (ghostify.reparameterize)
 
     @property
     def converted(self) -> list[LayerPlan]:
@@ -155,7 +156,8 @@ class ConversionPlan:
         layers = [layer if layer.convert else decided.pop(layer.name, layer) for layer in self.layers]
         seen = {layer.name for layer in layers}
         layers += [layer for name, layer in decided.items() if name not in seen]
-        return ConversionPlan(layers=layers, config=later.config, trace=later.trace, trace_note=later.trace_note)
+        return ConversionPlan(layers=layers, config=later.config, trace=later.trace, trace_note=later.trace_note,
+                              reparameterized=[*self.reparameterized, *later.reparameterized])
 
     def base_model_mismatch(self, model: nn.Module) -> str | None:
         """Why ``model`` is not the unconverted model this plan was made for (None if it is).
@@ -180,6 +182,7 @@ class ConversionPlan:
             "config": self.config.to_dict(),
             "trace": self.trace,
             "trace_note": self.trace_note,
+            "reparameterized": list(self.reparameterized),
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
@@ -190,6 +193,7 @@ class ConversionPlan:
             config=GhostConfig.from_dict(payload["config"]),
             trace=payload["trace"],
             trace_note=payload.get("trace_note"),
+            reparameterized=[str(name) for name in payload.get("reparameterized") or []],
         )
 
 

@@ -23,6 +23,7 @@ from .errors import CheckpointError, GhostifyError, ModelSpecError
 from .graph_pass import apply_plan
 from .models import DEFAULT_SEED, ResolvedModel, canonical_spec, model_file, resolve_model
 from .outputs import PYTHON_WORDING, atomic_directory
+from .reparameterize import reparameterize
 from .selection import ConversionPlan
 from .version import __version__
 
@@ -297,6 +298,8 @@ def load(directory: str | Path, base_model: nn.Module | str | None = None, *, tr
         model = resolve_model(base_model, trust_checkpoint=trust_checkpoint, seed=seed).model
     else:
         model = copy_model(base_model)
+    if plan.reparameterized:
+        reparameterize(model)
     mismatch = plan.base_model_mismatch(model)
     if mismatch:
         raise CheckpointError(

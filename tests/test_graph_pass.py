@@ -838,18 +838,19 @@ def test_weight_standardised_conv_with_dynamic_same_padding_is_kept():
     assert plan.layer("1").reason == "StdConv2dSame overrides Conv2d.forward; a ghost module would change what it computes"
 
 
-def test_reparameterisable_blocks_keep_their_convs_until_fused():
+def test_reparameterisable_blocks_keep_their_convs_with_reparameterize_off():
     from timm.utils.model import reparameterize_model
 
     x = torch.randn(1, 3, 64, 64)
     model = timm.create_model("repvgg_a0").eval()
-    plan = ghostify.plan_conversion(model)
-    assert not plan.converted
+    plan = ghostify.plan_conversion(model, reparameterize=False)
+    assert not plan.converted and not plan.reparameterized
     assert plan.layer("stages.0.0.conv_kxk.conv").reason.startswith(
-        "inside stages.0.0 (RepVggBlock), whose reparameterize() fuses its convs' weights; re-parameterise the model first")
+        "inside stages.0.0 (RepVggBlock), whose reparameterize() fuses its convs' weights; convert with reparameterize=True")
     with torch.no_grad():
-        reparameterize_model(ghostify.convert(model))(x)  # fusing the converted model still works
+        reparameterize_model(ghostify.convert(model, reparameterize=False))(x)  # fusing the converted model still works
         fused = reparameterize_model(model)
         converted = ghostify.convert(fused)  # each block is one reparam_conv now: those convert
         assert len(ghostify.get_plan(converted).converted) == 21
+        assert not ghostify.get_plan(converted).reparameterized  # nothing left to fuse
         assert reparameterize_model(converted)(x).shape == model(x).shape

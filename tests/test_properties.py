@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import ghostify
-from ghostify.config import INIT_MODES, MAX_DW_SIZE
+from ghostify.config import CONFIG_VERSION, INIT_MODES, MAX_DW_SIZE
 from ghostify.errors import ConfigError
 from ghostify.graph_pass import TRANSFERS_WEIGHTS, VARIANTS
 
@@ -227,7 +227,7 @@ def test_invalid_config_raises_config_error(field_value) -> None:
 @given(payload=st.one_of(
     junk,
     st.fixed_dictionaries({"_type": st.just("GhostConfig")}, optional={"_version": junk, "_data": junk}),
-    st.fixed_dictionaries({"_type": st.just("GhostConfig"), "_version": st.integers(2, 10**6), "_data": st.just({})}),
+    st.fixed_dictionaries({"_type": st.just("GhostConfig"), "_version": st.integers(CONFIG_VERSION + 1, 10**6), "_data": st.just({})}),
     st.fixed_dictionaries({"_type": st.just("GhostConfig"),
                            "_data": st.dictionaries(st.text(max_size=8).filter(lambda k: k not in ghostify.GhostConfig.__dataclass_fields__), st.integers(), min_size=1, max_size=2)}),
 ))

@@ -77,9 +77,10 @@ ZOO = [
     ("timm:skresnet18", (3, 16, 16)),  # selective kernels
     ("timm:xception41", (3, 16, 16)),  # separable convs
     ("timm:dpn48b", (3, 16, 16)),  # dual path
-    ("timm:repvgg_a0", (3, 16, 16)),  # re-parameterised first
-    ("timm:mobileone_s0", (3, 16, 16)),  # re-parameterised first
-    ("timm:fastvit_t8", (3, 16, 16)),  # re-parameterised first
+    ("timm:repvgg_a0", (3, 16, 16)),  # re-parameterisable blocks: ghostify fuses them first
+    ("timm:mobileone_s0", (3, 16, 16)),  # re-parameterisable blocks
+    ("timm:fastvit_t8", (3, 16, 16)),  # re-parameterisable blocks
+    ("timm:efficientvit_m0", (3, 64, 64)),  # EfficientViT (MSRA): every conv in a ConvNorm with a fuse()
     ("torchvision:squeezenet1_1", (3, 32, 32)),  # a 1x1 conv classifier: kept
     ("torchvision:shufflenet_v2_x0_5", (3, 16, 16)),  # channel shuffle
     ("torchvision:lraspp_mobilenet_v3_large", (3, 16, 16)),  # segmentation, dict output, dilated convs
@@ -87,7 +88,7 @@ ZOO = [
     ("torchvision:r3d_18", (3, 4, 32, 32)),  # video: Conv3d
     ("audio_cnn", (1, 400)),  # a user's 1-D CNN: Conv1d
 ]
-REPARAMETERISE = {"timm:levit_128s", "timm:repvgg_a0", "timm:mobileone_s0", "timm:fastvit_t8"}
+REPARAMETERISE = {"timm:levit_128s", "timm:repvgg_a0", "timm:mobileone_s0", "timm:fastvit_t8", "timm:efficientvit_m0"}
 # why a dense conv may be kept: the stem, the output convs, too few channels; and, in these models only, more
 KEPT = ("stem conv", "produces the model's output", "out_channels")
 ALSO_KEPT = {
@@ -100,12 +101,7 @@ def _build(spec: str) -> nn.Module:
     if spec == "audio_cnn":
         torch.manual_seed(0)
         return AudioCNN().eval()
-    model = ghostify.resolve_model(spec).model.eval()
-    if spec in REPARAMETERISE:  # fuse the re-parameterisable blocks first, as the README says
-        from timm.utils import reparameterize_model
-
-        model = reparameterize_model(model)
-    return model
+    return ghostify.resolve_model(spec).model.eval()
 
 
 @pytest.mark.parametrize("spec, size", ZOO, ids=[spec for spec, _ in ZOO])
@@ -114,11 +110,13 @@ def test_zoo_model_converts_and_runs(spec, size):
     converted = ghostify.convert(model, init="random")
     plan = ghostify.get_plan(converted)
     assert plan.converted, f"{spec}: nothing converted"
+    assert bool(plan.reparameterized) == (spec in REPARAMETERISE)
+    fused = ghostify.base_form(model, plan)  # the layers as the plan names them
     assert sum(is_ghost_module(m) for m in converted.modules()) > 0
     assert not [layer.name for layer in plan.layers if layer.reason == "never called in forward()"]
     assert all(layer.reason for layer in plan.skipped)  # every kept conv says why
     # every dense conv (1-D, 2-D or 3-D) is converted but for the stem, the output convs and the small ones
-    dense = {name for name, m in model.named_modules() if isinstance(m, tuple(CONV_TYPES.values())) and m.groups == 1}
+    dense = {name for name, m in fused.named_modules() if isinstance(m, tuple(CONV_TYPES.values())) and m.groups == 1}
     kept = {layer.name: layer.reason for layer in plan.skipped if layer.name in dense}
     allowed = KEPT + ALSO_KEPT.get(spec, ())
     assert all(reason.startswith(allowed) for reason in kept.values()), kept
@@ -126,6 +124,9 @@ def test_zoo_model_converts_and_runs(spec, size):
     with torch.no_grad():
         structure = _zoo_coverage()._structure  # output shapes; detections by their fields
         assert structure(converted(x)) == structure(model(x))
+        if fused is not model:  # fusing keeps what the model computes (random weights can reach 1e12: relative to the largest)
+            reference = model(x)
+            assert (fused(x) - reference).abs().max() <= 1e-4 * reference.abs().max()
 
 
 # ----- the whole zoo: slow, deselected by default ----------------------------------------------------

@@ -1,0 +1,53 @@
+"""Re-parameterisable blocks (RepVGG, MobileOne, FastViT, LeViT, EfficientViT-MSRA, ...): fuse them before converting.
+
+Such blocks train in one form (several branches, or a conv followed by a BatchNorm) and offer a
+method that fuses it into one conv for inference (``fuse()``, ``reparameterize()`` or
+``switch_to_deploy()``, the methods ``timm.utils.reparameterize_model`` calls). Fusing reads the
+weights of the convs inside, which a ghost module does not have, so those convs cannot be converted
+as they are. With ``GhostConfig.reparameterize`` (the default) ghostify fuses a copy of the model
+first, exactly as timm does (the outputs in eval mode stay the same), and converts the fused convs:
+the converted model is the inference form. ``ConversionPlan.reparameterized`` names the blocks
+fused, so that loading a saved model, and the teacher of calibration and distillation, are put in
+the same form (``base_form``).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .ghost_module import CONV_TYPES
+
+REPARAMETERISE_METHODS = ("fuse", "reparameterize", "switch_to_deploy")  # what timm's reparameterize_model calls
+
+
+def fusing_method(module: nn.Module) -> str | None:
+    """The name of the method that fuses ``module`` for inference, or None when it has none."""
+    return next((name for name in REPARAMETERISE_METHODS if callable(getattr(module, name, None))), None)
+
+
+def already_fused(module: nn.Module) -> bool:
+    """A timm re-parameterisable block that has been fused holds its one conv as ``reparam_conv``."""
+    return isinstance(getattr(module, "reparam_conv", None), nn.Module)
+
+
+def reparameterisable_blocks(model: nn.Module) -> list[str]:
+    """Names of the blocks of ``model`` that fusing would change: they have a fusing method, hold a conv, and are not fused yet.
+
+    A block inside another such block is not listed: fusing the outer one takes care of it."""
+    blocks: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(outer + ".") for outer in blocks):
+            continue
+        if fusing_method(module) and not already_fused(module) and any(isinstance(m, tuple(CONV_TYPES.values())) for m in module.modules()):
+            blocks.append(name)
+    return blocks
+
+
+def reparameterize(model: nn.Module) -> list[str]:
+    """Fuse ``model``'s re-parameterisable blocks in place (``timm.utils.reparameterize_model``); the names of those fused."""
+    blocks = reparameterisable_blocks(model)
+    if blocks:
+        from timm.utils.model import reparameterize_model
+
+        reparameterize_model(model, inplace=True)
+    return blocks
