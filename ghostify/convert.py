@@ -33,7 +33,7 @@ def plan_conversion(model: nn.Module, config: GhostConfig | None = None, **optio
     if config.reparameterize and reparameterisable_blocks(model):
         model = copy_model(model)  # planned on a fused copy: the user's model stays as it is
         fused = reparameterize(model)
-    sites, trace, note = find_conv_sites(model)
+    sites, trace, note = find_conv_sites(model, fused=bool(fused))
     plan = plan_layers(sites, config, trace, note)
     plan.reparameterized = fused
     return plan

@@ -215,11 +215,16 @@ def _functional_site(node: fx.Node, params: dict[str, nn.Parameter]) -> ConvSite
     )
 
 
-def find_conv_sites(model: nn.Module) -> tuple[list[ConvSite], str, str | None]:
-    """Every conv of ``model`` in execution order, with the analysis path used and any note."""
+def find_conv_sites(model: nn.Module, fused: bool = False) -> tuple[list[ConvSite], str, str | None]:
+    """Every conv of ``model`` in execution order, with the analysis path used and any note.
+
+    ``fused``: ``model``'s re-parameterisable blocks were just fused (``ghostify.reparameterize``); a
+    block whose ``fuse()`` works in place and returns itself still has the method, but nothing
+    left to fuse, so its convs are not kept for it."""
     sites, trace_kind, note = _conv_sites(model)
     _mark_shared_weights(model, sites)
-    _mark_reparameterisable(model, sites)
+    if not fused:
+        _mark_reparameterisable(model, sites)
     return sites, trace_kind, note
 
 

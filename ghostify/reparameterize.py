@@ -31,7 +31,9 @@ def already_fused(module: nn.Module) -> bool:
 
 
 def reparameterisable_blocks(model: nn.Module) -> list[str]:
-    """Names of the blocks of ``model`` that fusing would change: they have a fusing method, hold a conv, and are not fused yet.
+    """Names of the blocks of ``model`` that fusing may change: they have a fusing method, hold a conv, and are not
+    known to be fused (a block whose ``fuse()`` works in place and returns itself cannot be told apart once fused;
+    fusing it again changes nothing).
 
     A block inside another such block is not listed: fusing the outer one takes care of it."""
     blocks: list[str] = []

@@ -94,7 +94,7 @@ def test_blocks_are_fused_in_a_copy_and_their_convs_converted(net):
     with torch.no_grad():
         torch.testing.assert_close(fused(x), net(x), rtol=1e-5, atol=1e-5)  # fusing is exact
         assert converted(x).shape == net(x).shape
-    assert ghostify.base_form(fused, plan) is fused  # nothing left to fuse
+    assert isinstance(ghostify.base_form(fused, plan).block1, nn.Conv2d)  # fusing again changes nothing
 
 
 def test_reparameterize_off_keeps_those_convs_with_a_reason_that_says_what_to_do(net):
@@ -144,3 +144,34 @@ def test_compare_bench_calibrate_and_distill_take_the_unfused_original(net):
     assert all(layer.error_after < layer.error_before for layer in result.layers)
     history = ghostify.distill(converted, net, data, config=ghostify.DistillConfig(epochs=1, batch_size=32)).history
     assert len(history) == 1
+
+
+class FuseInPlace(nn.Module):
+    """A conv + BatchNorm whose fuse() folds the norm in place and returns itself (timm's EfficientViM ConvLayer2d)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.norm: nn.Module | None = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return self.norm(x) if self.norm is not None else x
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        if self.norm is not None:
+            self.conv = torch.nn.utils.fusion.fuse_conv_bn_eval(self.conv, self.norm)
+            self.norm = None
+        return self
+
+
+def test_blocks_that_fuse_in_place_convert_once_fused():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), FuseInPlace(8, 16), nn.ReLU(), FuseInPlace(16, 16)).eval()
+    plan = ghostify.plan_conversion(model)
+    assert plan.reparameterized == ["1", "3"]
+    assert [layer.name for layer in plan.converted] == ["1.conv"]  # "3.conv" makes the model's output
+    converted = ghostify.convert(model, skip_output=False)
+    assert is_ghost_module(converted[1].conv) and is_ghost_module(converted[3].conv)
+    assert converted[1].norm is None and model[1].norm is not None
