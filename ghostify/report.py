@@ -135,6 +135,7 @@ class ComparisonReport:
     input_size: tuple[int, ...]
     batch_size: int = 1
     trace_note: str | None = None
+    reparameterized_blocks: int = 0  # re-parameterisable blocks fused (in both models) before converting
     macs_check_notes: list[str] = field(default_factory=list)
     # of the MACs outside the layers: ops the conv modules run on their own weights (weight_op_macs)
     macs_weight_ops_before: int = 0
@@ -474,7 +475,7 @@ def compare(
         macs_check_ok=ok, macs_check_notes=problems,
         macs_weight_ops_before=weight_op_macs(rows, before), macs_weight_ops_after=weight_op_macs(rows, after),
         config=plan.config.to_dict(), trace=plan.trace, trace_note=plan.trace_note,
-        input_size=input_dims, batch_size=batch_size,
+        reparameterized_blocks=len(plan.reparameterized), input_size=input_dims, batch_size=batch_size,
         unsupported_ops_before=dict(before.unsupported_ops), unsupported_ops_after=dict(after.unsupported_ops),
         latency_before=latency_before, latency_after=latency_after, accuracy=accuracy,
         original_name=original_name, converted_name=converted_name, ghostify_version=__version__,

@@ -182,6 +182,10 @@ def notes(report: Report) -> list[str]:
     settings = (f"ratio {setting(report, 'ratio')}, dw_size {setting(report, 'dw_size')}, "
                 f"variant {setting(report, 'variant')}")
     lines.append(f"Input {input_text(report)}; {settings}; layers found by {report.trace}.")
+    if report.reparameterized_blocks:
+        count = report.reparameterized_blocks
+        lines.append(f"Re-parameterisable blocks fused first, in both models: {count} (both are measured in "
+                     f"inference form; convert with --keep-training-form to leave {'them' if count > 1 else 'it'} as {'they are' if count > 1 else 'it is'}).")
     if report.latency_before is not None:
         timing = report.latency_before
         lines.append(

@@ -134,6 +134,9 @@ def test_records_written_before_the_option_existed_load_without_fusing():
 def test_compare_bench_calibrate_and_distill_take_the_unfused_original(net):
     converted = ghostify.convert(net)
     report = ghostify.compare(net, converted, input_size=(3, 16, 16))
+    assert report.reparameterized_blocks == 2
+    assert "Re-parameterisable blocks fused first, in both models: 2" in report.to_markdown()
+    assert ghostify.ComparisonReport.from_json(report.to_json()).reparameterized_blocks == 2
     assert report.params_before == sum(p.numel() for p in ghostify.base_form(net, ghostify.get_plan(converted)).parameters())
     bench = ghostify.bench(net, converted, (3, 16, 16), batch_sizes=[1], warmup=1, repeats=2)
     assert bench.rows and bench.rows[0].speedup > 0
