@@ -123,7 +123,8 @@ DataDirsOpt = Annotated[Optional[list[Path]], _value("--data", metavar="DIR", he
     "without --calibrate/--distill, one ImageFolder root to measure top-1 and agreement on; e.g. --data train/ (default: none)."))]
 ValDataOpt = Annotated[Optional[list[Path]], _value("--val-data", metavar="DIR", help=(
     "Held-out images (repeatable) to measure agreement with the original (and top-1, when in class folders) after "
-    "each step and each epoch; e.g. --val-data val/ (default: none)."))]
+    "each step and each epoch; distillation then ends with the weights that agreed best on them, the starting ones "
+    "included; e.g. --val-data val/ (default: none)."))]
 DataLimitOpt = Annotated[Optional[int], _value("--data-limit", metavar="N", min=1, help="Use at most N images of --data, spread over all classes; e.g. --data-limit 500 (default: all).")]
 LatencyOpt = Annotated[bool, _flag("--latency", help="Also time both models: the median of interleaved runs (default: off).")]
 DeviceOpt = Annotated[str, _value("--device", metavar="DEVICE", help="Where to time, calibrate and train: cpu, cuda or cuda:N; e.g. --device cuda (default cpu).")]

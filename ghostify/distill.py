@@ -65,6 +65,9 @@ class DistillConfig:
     from small batches of few images would disturb.
     clip_grad: largest gradient norm (0 = no clipping). Frozen statistics of nearly dead channels
     multiply their gradients by up to 1/sqrt(eps): SGD needs clipping (2.0 works), AdamW does not.
+    keep_best: with held-out data (``val_data``), end with the weights that agreed best with the
+    teacher on it, the starting ones included: a run too short to help (a few epochs of a small
+    budget) never returns a student worse than the one it was given.
     """
 
     epochs: int = 10
@@ -84,6 +87,7 @@ class DistillConfig:
     workers: int = 0
     freeze_bn: bool = True
     clip_grad: float = 0.0
+    keep_best: bool = True
 
     def __post_init__(self) -> None:
         def check(name: str, ok: bool, what: str) -> None:
@@ -94,6 +98,7 @@ class DistillConfig:
             value = getattr(self, name)
             check(name, isinstance(value, int) and not isinstance(value, bool) and value >= 1, "a whole number >= 1")
         check("workers", isinstance(self.workers, int) and self.workers >= 0, "a whole number >= 0")
+        check("keep_best", isinstance(self.keep_best, bool), "True or False")
         check("lr", self.lr > 0, "> 0")
         check("optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}")
         check("augment", self.augment in AUGMENTATIONS, f"one of {', '.join(AUGMENTATIONS)}")
@@ -137,9 +142,12 @@ class DistillResult:
     history: list[EpochRecord] = field(default_factory=list)
     config: DistillConfig = field(default_factory=DistillConfig)
     seconds: float = 0.0
+    start_val_agreement: float | None = None  # on val_data, before the first epoch
+    kept_epoch: int | None = None  # keep_best: the epoch whose weights the student ends with (0: the start)
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "seconds": round(self.seconds, 1),
+                "start_val_agreement": self.start_val_agreement, "kept_epoch": self.kept_epoch,
                 "history": [dataclasses.asdict(record) for record in self.history]}
 
 
@@ -411,6 +419,7 @@ def distill(
     total_steps = steps_per_epoch * config.epochs
     result = DistillResult(student, [], config)
     start_epoch, start_step, sums = 0, 0, None
+    best: dict[str, Any] | None = None  # keep_best: {"epoch", "agreement", "student"} of the best weights so far
     checkpoint_path = Path(checkpoint) if checkpoint is not None else None
     if checkpoint_path is not None and checkpoint_path.is_dir():
         checkpoint_path = checkpoint_path / CHECKPOINT_FILE
@@ -428,6 +437,8 @@ def distill(
         start_epoch, start_step, sums = state["epoch"], state["step"], state.get("sums")
         result.history = [EpochRecord(**record) for record in state["history"]]
         result.seconds = state.get("seconds", 0.0)
+        result.start_val_agreement = state.get("start_val_agreement")
+        best = state.get("best")
 
     def save(epoch: int, step: int, partial: list[float] | None) -> None:
         if checkpoint_path is None or not world.main:
@@ -436,8 +447,21 @@ def distill(
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epoch, "step": step, "sums": partial,
             "student": student.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
             "history": [dataclasses.asdict(record) for record in result.history], "config": config.to_dict(),
-            "seconds": result.seconds,
+            "seconds": result.seconds, "start_val_agreement": result.start_val_agreement, "best": best,
         })
+
+    keeping = config.keep_best and val_dataset is not None and world.main
+
+    def consider(epoch_done: int, agreement: float) -> None:
+        """Remember the student's weights when they agree best with the teacher on the held-out data."""
+        nonlocal best
+        if keeping and (best is None or agreement > best["agreement"]):
+            best = {"epoch": epoch_done, "agreement": agreement,
+                    "student": {key: value.detach().clone() for key, value in student.state_dict().items()}}
+
+    if keeping and not resume:
+        result.start_val_agreement = agreement_and_accuracy(student, teacher, val_dataset, device=world.device)[0]
+        consider(0, result.start_val_agreement)
 
     if progress is not None and world.main:
         progress("start", {"epochs": config.epochs, "steps_per_epoch": steps_per_epoch, "images": len(dataset),
@@ -506,6 +530,7 @@ def distill(
                                  time.perf_counter() - epoch_clock)
             if val_dataset is not None and world.main:
                 record.val_agreement, record.val_top1, record.teacher_top1 = agreement_and_accuracy(student, teacher, val_dataset, device=world.device)
+                consider(epoch + 1, record.val_agreement)
             result.history.append(record)
             sums = None
             save(epoch + 1, 0, None)
@@ -516,7 +541,12 @@ def distill(
         if sums is not None:
             save(epoch, done, sums)
         raise
+    if best is not None:
+        result.kept_epoch = best["epoch"]
+        if best["epoch"] != len(result.history):  # a later epoch did worse on the held-out data
+            student.load_state_dict(best["student"])
     student.eval()
     if progress is not None and world.main:
-        progress("end", {"seconds": time.perf_counter() - clock})
+        progress("end", {"seconds": time.perf_counter() - clock, "kept_epoch": result.kept_epoch,
+                         "epochs": len(result.history), "kept_agreement": best["agreement"] if best else None})
     return result

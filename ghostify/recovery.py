@@ -163,9 +163,14 @@ def recover(
                 remove_checkpoint(checkpoint)
             raise
         done.training = result.to_dict()["history"]
-        last = result.history[-1] if result.history else None
-        if last is not None and last.val_agreement is not None:
-            done.stages.append(AccuracyStage("distilled", last.val_top1, last.val_agreement, len(val), val_name))
+        kept = result.kept_epoch if result.kept_epoch is not None else len(result.history)
+        if kept != len(result.history) and main:
+            which = "its starting weights" if kept == 0 else f"the weights of epoch {kept}"
+            stdout.print(f"kept {which}: they agree best with the original on {val_name} (later epochs agreed less; "
+                         "keep_best)", highlight=False, soft_wrap=True)
+        record = result.history[kept - 1] if kept else None
+        if record is not None and record.val_agreement is not None:
+            done.stages.append(AccuracyStage("distilled", record.val_top1, record.val_agreement, len(val), val_name))
         elif main:
             done.stages += evaluator.stage("distilled", student)
     student.cpu().eval(), teacher.cpu().eval()

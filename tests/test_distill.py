@@ -237,7 +237,7 @@ def test_labels_and_validation(pair, tmp_path, mixup):
     teacher, start = pair
     train = _folder(tmp_path / "train", 6, 3)
     val = _folder(tmp_path / "val", 6, 2, seed=1)
-    options = dict(epochs=2, batch_size=6, mixup=mixup, pipeline=PIPELINE, val_data=val)
+    options = dict(epochs=2, batch_size=6, mixup=mixup, pipeline=PIPELINE, val_data=val, keep_best=False)
     with_labels, without = copy.deepcopy(start), copy.deepcopy(start)
     result = distill(with_labels, teacher, train, label_weight=1.0, **options)
     plain = distill(without, teacher, train, **options)
@@ -313,3 +313,54 @@ def test_losses():
 def test_feature_points_are_the_blocks_holding_ghost_modules(pair):
     _, student = pair
     assert feature_points(student) == ["block1", "block2"]
+
+
+# --- keep_best: never end worse on the held-out data than anything seen -----------------------------
+
+WRECKING = dict(epochs=3, batch_size=8, lr=5.0, warmup=0.0)  # a learning rate that makes later epochs worse here
+
+
+@pytest.fixture(scope="module")
+def val() -> TensorDataset:
+    return TensorDataset(images(24, 7), torch.full((24,), -1))
+
+
+def _val_agreement(student: nn.Module, teacher: nn.Module, val: TensorDataset) -> float:
+    from ghostify.distill import agreement_and_accuracy
+
+    return agreement_and_accuracy(student, teacher, val)[0]
+
+
+def test_keep_best_ends_with_the_weights_that_agreed_best(pair, data, val):
+    teacher, start = pair
+    student = copy.deepcopy(start)
+    result = distill(student, teacher, data, val_data=val, **WRECKING)
+    agreements = [result.start_val_agreement] + [r.val_agreement for r in result.history]
+    assert 0 < result.kept_epoch < len(result.history)  # here a middle epoch was best
+    assert result.kept_epoch == agreements.index(max(agreements))
+    assert _val_agreement(student, teacher, val) == max(agreements) > agreements[-1]
+    unkept = copy.deepcopy(start)
+    plain = distill(unkept, teacher, data, val_data=val, keep_best=False, **WRECKING)
+    assert plain.kept_epoch is None and _val_agreement(unkept, teacher, val) == agreements[-1]
+
+
+def test_keep_best_returns_the_starting_weights_when_no_epoch_beats_them(pair, data, val):
+    teacher, start = pair
+    student = copy.deepcopy(start)
+    result = distill(student, teacher, data, val_data=val, epochs=3, batch_size=8, lr=1e-2, warmup=0.0)
+    assert result.kept_epoch == 0
+    assert all(r.val_agreement <= result.start_val_agreement for r in result.history)
+    assert _same_state(student, start)
+
+
+def test_keep_best_survives_an_interruption(pair, data, val, tmp_path):
+    teacher, start = pair
+    whole = copy.deepcopy(start)
+    expected = distill(whole, teacher, data, val_data=val, checkpoint=tmp_path / "whole.pt", **WRECKING)
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        distill(copy.deepcopy(start), teacher, data, val_data=val, checkpoint=checkpoint, progress=_Stop("epoch", 2, 0), **WRECKING)
+    resumed = copy.deepcopy(start)
+    result = distill(resumed, teacher, data, val_data=val, checkpoint=checkpoint, resume=True, **WRECKING)
+    assert (result.kept_epoch, result.start_val_agreement) == (expected.kept_epoch, expected.start_val_agreement)
+    assert _same_state(resumed, whole)
