@@ -7,6 +7,11 @@ distillation (on ``train/`` + ``val/``). Wall-clock times are for the whole stag
     python benchmarks/recovery.py --model resnet20 --ratio 2 --minutes 5
     python benchmarks/recovery.py --model resnet32 --ratio 2 --epochs 40 --device cuda
     python benchmarks/recovery.py --model resnet20 --ratio 2 --calibrate-only
+    python benchmarks/recovery.py --model resnet20 --ratio 2 --minutes 5 --keep-best   # val/ held out
+
+``--keep-best`` distils on ``train/`` only and passes ``val/`` as held-out data, so that the
+student ends with the weights that agree best on ``val/`` (``DistillConfig.keep_best``); ``test/``
+still only measures.
 
 ``--minutes`` sets the number of epochs from a timed probe so that the whole run (conversion,
 calibration, distillation) fits the budget; ``--epochs`` fixes it instead. Hyper-parameters
@@ -48,6 +53,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--calibrate-only", action="store_true")
     parser.add_argument("--tune", action="store_true", help="distil on train/ only and measure on val/ (for choosing settings)")
+    parser.add_argument("--keep-best", action="store_true", help="distil on train/ only, keep the weights that agree best on val/")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a DistillConfig field, e.g. lr=0.02")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -56,7 +62,8 @@ def main() -> None:
 
     shared = shared_dir()
     data = shared / "data" / "cifar10"
-    train = [data / "train"] if args.tune else [data / "train", data / "val"]
+    train = [data / "train"] if args.tune or args.keep_best else [data / "train", data / "val"]
+    selection = ImageFiles([data / "val"], CIFAR.transform()) if args.keep_best else None
     held_out = ImageFiles([data / ("val" if args.tune else "test")], CIFAR.transform())
     options = {k: json.loads(v) if v[:1].isdigit() or v in ("true", "false") else v
                for k, v in (item.split("=", 1) for item in args.set)}
@@ -86,9 +93,14 @@ def main() -> None:
                 print(f"  epoch {info['epoch']:3d}/{epochs}  loss {info['loss']:.3f}  train agreement {info['train_agreement']:.1%}  "
                       f"{info['seconds']:.1f} s", flush=True)
 
-        result = distill(student, teacher, train, pipeline=CIFAR, device=args.device, progress=show, epochs=epochs, **options)
+        result = distill(student, teacher, train, pipeline=CIFAR, device=args.device, progress=show, epochs=epochs,
+                         val_data=selection, **options)
         student.cpu()
         print(f"distillation: {epochs} epochs, {result.seconds:.1f} s ({result.config})", flush=True)
+        if result.kept_epoch is not None:
+            agreements = [result.start_val_agreement] + [record.val_agreement for record in result.history]
+            print(f"kept epoch {result.kept_epoch} (0: the calibrated start) of val/ agreements "
+                  f"{', '.join(f'{a:.1%}' for a in agreements)}", flush=True)
         measure(f"distilled ({epochs} epochs)")
     total = time.perf_counter() - start
     print(f"total {total / 60:.1f} min" + (f" (budget {args.minutes} min)" if args.minutes else ""))
