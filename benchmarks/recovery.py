@@ -13,8 +13,9 @@ distillation (on ``train/`` + ``val/``). Wall-clock times are for the whole stag
 student ends with the weights that agree best on ``val/`` (``DistillConfig.keep_best``); ``test/``
 still only measures.
 
-``--minutes`` sets the number of epochs from a timed probe so that the whole run (conversion,
-calibration, distillation) fits the budget; ``--epochs`` fixes it instead. Hyper-parameters
+``--minutes`` is a budget for the whole run (conversion, calibration, distillation): distillation
+gets what is left (``DistillConfig.minutes``: a timed probe sets the epochs); ``--epochs`` fixes
+them instead. Hyper-parameters
 were chosen on ``val/`` (with ``--tune``: distil on ``train/`` only and report on ``val/``); the
 numbers quoted in the README come from runs on ``test/`` that were not used for any choice.
 """
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import ghostify  # noqa: E402
 from ghostify.data import ImageFiles, InputPipeline  # noqa: E402
-from ghostify.distill import DistillConfig, agreement_and_accuracy, distill  # noqa: E402
+from ghostify.distill import agreement_and_accuracy, distill  # noqa: E402
 
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th"}
 CIFAR = InputPipeline((3, 32, 32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -86,15 +87,22 @@ def main() -> None:
     print(f"calibration: {calibration.images} images, {calibration.seconds:.1f} s", flush=True)
     measure("calibrated")
     if not args.calibrate_only:
-        epochs = args.epochs or (_epochs_for_budget(student, teacher, train, args, start, options) if args.minutes else 10)
+        if args.minutes:  # what is left of the budget, less the final measurement, is distillation's (DistillConfig.minutes)
+            options["minutes"] = max(1e-3, (args.minutes * 60 - (time.perf_counter() - start) - 15) / 60)
+        else:
+            options["epochs"] = args.epochs or 10
 
         def show(event: str, info: dict) -> None:
+            if event == "budget":
+                print(f"budget: {info['epoch_seconds']:.1f} s per epoch -> {info['epochs']} epochs in the "
+                      f"{info['minutes'] * 60:.0f} s left", flush=True)
             if event == "epoch":
-                print(f"  epoch {info['epoch']:3d}/{epochs}  loss {info['loss']:.3f}  train agreement {info['train_agreement']:.1%}  "
+                print(f"  epoch {info['epoch']:3d}  loss {info['loss']:.3f}  train agreement {info['train_agreement']:.1%}  "
                       f"{info['seconds']:.1f} s", flush=True)
 
-        result = distill(student, teacher, train, pipeline=CIFAR, device=args.device, progress=show, epochs=epochs,
+        result = distill(student, teacher, train, pipeline=CIFAR, device=args.device, progress=show,
                          val_data=selection, **options)
+        epochs = result.config.epochs
         student.cpu()
         print(f"distillation: {epochs} epochs, {result.seconds:.1f} s ({result.config})", flush=True)
         if result.kept_epoch is not None:
@@ -106,25 +114,6 @@ def main() -> None:
     print(f"total {total / 60:.1f} min" + (f" (budget {args.minutes} min)" if args.minutes else ""))
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "total_s": total}, indent=2))
-
-
-def _epochs_for_budget(student, teacher, train, args, start: float, options: dict) -> int:
-    """Epochs that fit the rest of the budget, from the time of a short probe run on a copy."""
-    import copy
-
-    probe_images = 512
-    augment = options.get("augment", DistillConfig().augment)
-    subset = torch.utils.data.Subset(ImageFiles(train, CIFAR.transform(train=True, augment=augment), seed=0), range(probe_images))
-    probe_options = {**options, "batch_size": options.get("batch_size", 128)}
-    clock = time.perf_counter()
-    distill(copy.deepcopy(student), teacher, subset, pipeline=CIFAR, device=args.device, epochs=1, **probe_options)
-    per_image = (time.perf_counter() - clock) / probe_images
-    images = sum(len(ImageFiles([root], CIFAR.transform())) for root in train)
-    epoch_s = per_image * images * 1.05
-    left = args.minutes * 60 - (time.perf_counter() - start) - 15  # the final measurement
-    epochs = max(1, int(left // epoch_s))
-    print(f"budget: {epoch_s:.1f} s per epoch -> {epochs} epochs in the {left:.0f} s left", flush=True)
-    return epochs
 
 
 if __name__ == "__main__":

@@ -132,6 +132,7 @@ ForceOpt = Annotated[bool, _flag("--force", help="Replace an existing non-empty 
 InputSizeOpt = Annotated[Optional[str], _value("--input-size", metavar="SIZE", help="One input's size: S for a 3xSxS image or C,H,W (C,L for a model whose first conv is a Conv1d, C,T,H,W for a Conv3d); e.g. --input-size 32 or --input-size 3,224,224 (default: the model's own, else 3,224,224; C,224 for a Conv1d model, C,16,112,112 for a Conv3d one).")]
 MeanOpt = Annotated[Optional[str], _value("--mean", metavar="M,M,M", help="Per-channel mean to normalise images with; e.g. --mean 0.4914,0.4822,0.4465 (default: the model's own, else ImageNet's).")]
 StdOpt = Annotated[Optional[str], _value("--std", metavar="S,S,S", help="Per-channel std to normalise images with; e.g. --std 0.247,0.243,0.261 (default: the model's own, else ImageNet's).")]
+MinutesOpt = Annotated[Optional[float], _value("--minutes", metavar="M", help="A time budget for distillation instead of --epochs: a short timed probe decides how many epochs fit on this machine; e.g. --minutes 5 (default: off, --epochs rules).")]
 EpochsOpt = Annotated[Optional[int], _value("--epochs", metavar="N", min=1, help=f"Distillation epochs; e.g. --epochs 30 (default {_TRAINING.epochs}).")]
 BatchSizeOpt = Annotated[Optional[int], _value("--batch-size", metavar="N", min=1, help=f"Distillation batch size; e.g. --batch-size 64 (default {_TRAINING.batch_size}).")]
 LrOpt = Annotated[Optional[float], _value("--lr", metavar="LR", help=f"Peak learning rate of distillation; e.g. --lr 3e-4 (default {_TRAINING.lr}).")]
@@ -332,11 +333,15 @@ def _resolve(model: str, checkpoint: Path | None, trust: bool, pretrained: bool,
 # ----- calibration and distillation ---------------------------------------------------------------
 
 def _training_options(epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None,
-                      augment: str | None) -> dict[str, Any]:
+                      augment: str | None, minutes: float | None = None) -> dict[str, Any]:
     """The ``DistillConfig`` fields given on the command line (the rest keep their defaults)."""
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise ConfigError(f"--lr must be a number > 0, got {lr}.")
-    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "augment": augment}
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"--minutes must be a number > 0, got {minutes}.")
+    if minutes is not None and epochs is not None:
+        raise ConfigError("pass --epochs or --minutes, not both: --minutes chooses the number of epochs.")
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "augment": augment, "minutes": minutes}
     options = {name: value for name, value in given.items() if value is not None}
     DistillConfig(**options)  # out-of-range values fail now, before any slow work
     return options
@@ -391,6 +396,7 @@ def convert(
     data_limit: DataLimitOpt = None,
     calibration_samples: CalibrationSamplesOpt = None,
     epochs: EpochsOpt = None,
+    minutes: MinutesOpt = None,
     batch_size: BatchSizeOpt = None,
     lr: LrOpt = None,
     augment: AugmentOpt = None,
@@ -418,7 +424,7 @@ def convert(
                          variant.value, init.value if init is not None else None, reparameterize)
         size = explicit_size = parse_input_size(input_size)  # a typo fails before the model is built
         norm_mean, norm_std = _parse_floats("--mean", mean), _parse_floats("--std", std)
-        options = _training_options(epochs, batch_size, lr, seed, augment)
+        options = _training_options(epochs, batch_size, lr, seed, augment, minutes)
         _check_convert_options(recovering, distill, data, val_data, data_limit, calibration_samples, options, resume, output)
         check_resume(ckpt, resume)
         if output is not None and not dry_run:  # before the slow work, not after it
@@ -508,6 +514,7 @@ def distill_command(
     data: DataDirsOpt = None,
     val_data: ValDataOpt = None,
     epochs: EpochsOpt = None,
+    minutes: MinutesOpt = None,
     batch_size: BatchSizeOpt = None,
     lr: LrOpt = None,
     augment: AugmentOpt = None,
@@ -537,7 +544,7 @@ def distill_command(
             stdout.quiet = True
         size = parse_input_size(input_size)
         norm_mean, norm_std = _parse_floats("--mean", mean), _parse_floats("--std", std)
-        options = _training_options(epochs, batch_size, lr, seed, augment)
+        options = _training_options(epochs, batch_size, lr, seed, augment, minutes)
         if not data:
             raise ConfigError("distill needs images: pass --data DIR (a folder of images or an ImageFolder root; labels are optional).")
         recipe = read_recipe(saved)

@@ -28,10 +28,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .calibrate import check_teacher_fits, reconstruction_blocks
-from .convert import base_form, get_plan
+from .convert import base_form, copy_model, get_plan
 from .data import AUGMENTATIONS, InputPipeline, as_dataset, check_labels, sample_seed
 from .errors import ConfigError, GhostifyError
 from .ghost_module import is_ghost_module
@@ -68,6 +68,10 @@ class DistillConfig:
     keep_best: with held-out data (``val_data``), end with the weights that agreed best with the
     teacher on it, the starting ones included: a run too short to help (a few epochs of a small
     budget) never returns a student worse than the one it was given.
+    minutes: a time budget for the whole distillation instead of ``epochs`` (0 = off): a short
+    probe (one small epoch on a copy of the student) times an epoch on this machine, and the run
+    gets as many epochs as fit in what is left (at least one); the chosen ``epochs`` is recorded, so
+    that ``resume`` continues the same schedule.
     """
 
     epochs: int = 10
@@ -88,6 +92,7 @@ class DistillConfig:
     freeze_bn: bool = True
     clip_grad: float = 0.0
     keep_best: bool = True
+    minutes: float = 0.0
 
     def __post_init__(self) -> None:
         def check(name: str, ok: bool, what: str) -> None:
@@ -105,7 +110,7 @@ class DistillConfig:
         check("temperature", self.temperature > 0, "> 0")
         check("clip_grad", self.clip_grad >= 0, ">= 0 (0 = no clipping)")
         check("warmup", 0 <= self.warmup < 1, "in [0, 1)")
-        for name in ("weight_decay", "logit_weight", "feature_weight", "label_weight", "mixup"):
+        for name in ("weight_decay", "logit_weight", "feature_weight", "label_weight", "mixup", "minutes"):
             check(name, getattr(self, name) >= 0, ">= 0")
         check("logit_weight", self.logit_weight + self.feature_weight + self.label_weight > 0, "positive for at least one loss")
 
@@ -354,6 +359,24 @@ def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def _epoch_seconds(student: nn.Module, teacher: nn.Module, dataset: Dataset, val_dataset: Dataset | None,
+                   config: DistillConfig, world: _World) -> float:
+    """Seconds one epoch will take here: one epoch of a few batches on a copy of the student, scaled up
+    (plus the held-out evaluation after each epoch); the same figure on every process."""
+
+    probe = Subset(dataset, range(min(len(dataset), 4 * config.batch_size)))
+    clock = time.perf_counter()
+    distill(copy_model(student), teacher, probe, dataclasses.replace(config, epochs=1, minutes=0.0, keep_best=False),
+            device=world.device)
+    seconds = (time.perf_counter() - clock) * len(dataset) / len(probe)
+    if val_dataset is not None and world.main:
+        sample = Subset(val_dataset, range(min(len(val_dataset), 256)))
+        clock = time.perf_counter()
+        agreement_and_accuracy(student, teacher, sample, device=world.device)
+        seconds += (time.perf_counter() - clock) * len(val_dataset) / len(sample)
+    return float(_all_reduce_mean(torch.tensor([seconds], dtype=torch.float64), world)[0])
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -376,6 +399,7 @@ def distill(
     ``resume=True`` continues from it. ``progress(event, info)`` receives "start", "step" and
     "epoch" events. Returns the student and the per-epoch history.
     """
+    started = time.perf_counter()
     config = dataclasses.replace(config or DistillConfig(), **options) if options else (config or DistillConfig())
     world = _setup_world(device)
     names = [name for name, module in student.named_modules() if is_ghost_module(module)]
@@ -416,7 +440,6 @@ def distill(
         model = nn.parallel.DistributedDataParallel(student, device_ids=[world.device.index] if world.device.type == "cuda" else None)
 
     steps_per_epoch = len(_epoch_batches(len(dataset), config.batch_size, config.seed, 0))
-    total_steps = steps_per_epoch * config.epochs
     result = DistillResult(student, [], config)
     start_epoch, start_step, sums = 0, 0, None
     best: dict[str, Any] | None = None  # keep_best: {"epoch", "agreement", "student"} of the best weights so far
@@ -428,6 +451,9 @@ def distill(
             raise GhostifyError("resume needs the checkpoint path (the run's output directory or checkpoint file).")
         state = load_checkpoint(checkpoint_path)
         saved = DistillConfig.from_dict(state["config"])
+        if config.minutes > 0 and saved.minutes == config.minutes:
+            config = dataclasses.replace(config, epochs=saved.epochs)  # the epochs the budget chose at the start
+            result.config = config
         if saved != config:
             changed = [f.name for f in dataclasses.fields(config) if getattr(saved, f.name) != getattr(config, f.name)]
             raise GhostifyError(f"the checkpoint was made with other settings ({', '.join(changed)}); resume with the same settings, or start again without --resume.")
@@ -439,6 +465,14 @@ def distill(
         result.seconds = state.get("seconds", 0.0)
         result.start_val_agreement = state.get("start_val_agreement")
         best = state.get("best")
+    elif config.minutes > 0:
+        epoch_seconds = _epoch_seconds(student, teacher, dataset, val_dataset, config, world)
+        left = config.minutes * 60 - (time.perf_counter() - started)
+        config = dataclasses.replace(config, epochs=max(1, int(left // epoch_seconds)))
+        result.config = config
+        if progress is not None and world.main:
+            progress("budget", {"minutes": config.minutes, "epoch_seconds": epoch_seconds, "epochs": config.epochs})
+    total_steps = steps_per_epoch * config.epochs
 
     def save(epoch: int, step: int, partial: list[float] | None) -> None:
         if checkpoint_path is None or not world.main:

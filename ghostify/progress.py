@@ -143,6 +143,9 @@ class DistillationProgress(_Display):
             )
         elif event == "epoch":
             self.line(epoch_line(info, self.epochs))
+        elif event == "budget":
+            self.line(f"budget {info['minutes']:g} min: about {info['epoch_seconds']:.1f} s per epoch here -> {info['epochs']} "
+                      f"epoch{'s' if info['epochs'] != 1 else ''}")
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:

@@ -9,6 +9,7 @@ nothing written).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -165,6 +166,16 @@ def test_convert_distill_several_data_roots(world, tmp_path) -> None:
     assert_clean(tmp_path)
 
 
+def test_convert_distill_within_a_time_budget(world, tmp_path) -> None:
+    out = tmp_path / "out"
+    result = invoke(*base(world, "--distill", "--minutes", "0.2", "--batch-size", "8", "--data", world["flat"], "-o", out))
+    assert result.exit_code == 0, result.output
+    match = re.search(r"budget 0\.2 min: about [\d.]+ s per epoch here -> (\d+) epochs?", result.output)
+    assert match, result.output
+    assert len(report_of(out)["training"]) == int(match.group(1)) >= 1
+    assert_clean(tmp_path)
+
+
 def test_distill_saved_dir_in_place_with_teacher_from_recipe(world, saved, tmp_path) -> None:
     target = copy_of(saved, tmp_path)
     before = load_file(target / "model.safetensors")
@@ -289,6 +300,9 @@ BAD_CONVERT = [
     (["--calibrate", "--data", "{root}/flat", "--epochs", "2"], "--epochs applies to --distill"),
     (["--calibrate", "--data", "{root}/flat", "--data-limit", "2"], "--calibration-samples"),
     (["--distill", "--data", "{root}/flat", "--lr", "0"], "--lr must be a number > 0"),
+    (["--distill", "--data", "{root}/flat", "--minutes", "0"], "--minutes must be a number > 0"),
+    (["--distill", "--data", "{root}/flat", "--minutes", "2", "--epochs", "3"], "pass --epochs or --minutes, not both"),
+    (["--calibrate", "--data", "{root}/flat", "--minutes", "2"], "--minutes applies to --distill"),
     (["--distill", "--data", "{root}/flat", "--augment", "autoaugment"], "augment must be one of crop-flip, trivialaugment"),
     (["--calibrate", "--data", "{root}/flat", "--augment", "crop-flip"], "--augment applies to --distill"),
     (["--distill", "--data", "{root}/flat", "--resume"], "--resume needs -o OUT"),

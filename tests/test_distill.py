@@ -364,3 +364,37 @@ def test_keep_best_survives_an_interruption(pair, data, val, tmp_path):
     result = distill(resumed, teacher, data, val_data=val, checkpoint=checkpoint, resume=True, **WRECKING)
     assert (result.kept_epoch, result.start_val_agreement) == (expected.kept_epoch, expected.start_val_agreement)
     assert _same_state(resumed, whole)
+
+
+# --- minutes: a time budget instead of epochs --------------------------------------------------------
+
+class _Events:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict]] = []
+
+    def __call__(self, event: str, info: dict) -> None:
+        self.seen.append((event, info))
+
+
+def test_a_time_budget_chooses_the_epochs_that_fit(pair, data):
+    teacher, start = pair
+    events = _Events()
+    result = distill(copy.deepcopy(start), teacher, data, batch_size=8, minutes=0.25, progress=events)
+    budget = next(info for event, info in events.seen if event == "budget")
+    assert budget["epochs"] == result.config.epochs == len(result.history) > 1  # 15 s: many 32-image epochs
+    assert budget["epoch_seconds"] > 0 and result.config.minutes == 0.25
+    assert budget["epoch_seconds"] * (budget["epochs"] + 1) > 15 * 0.5  # no more epochs than about fit
+    tiny = distill(copy.deepcopy(start), teacher, data, batch_size=8, minutes=1e-4)
+    assert tiny.config.epochs == len(tiny.history) == 1  # at least one, whatever the budget
+
+
+def test_a_resumed_budget_run_keeps_the_epochs_it_chose(pair, data, tmp_path):
+    teacher, start = pair
+    checkpoint = tmp_path / "run.pt"
+    options = dict(batch_size=8, minutes=0.1)
+    with pytest.raises(KeyboardInterrupt):
+        distill(copy.deepcopy(start), teacher, data, checkpoint=checkpoint, progress=_Stop("epoch", 1, 0), **options)
+    chosen = DistillConfig.from_dict(load_checkpoint(checkpoint)["config"]).epochs
+    assert chosen > 1
+    result = distill(copy.deepcopy(start), teacher, data, checkpoint=checkpoint, resume=True, **options)
+    assert result.config.epochs == len(result.history) == chosen
