@@ -362,13 +362,23 @@ def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 def _epoch_seconds(student: nn.Module, teacher: nn.Module, dataset: Dataset, val_dataset: Dataset | None,
                    config: DistillConfig, world: _World) -> float:
     """Seconds one epoch will take here: one epoch of a few batches on a copy of the student, scaled up
-    (plus the held-out evaluation after each epoch); the same figure on every process."""
+    (plus the held-out evaluation after each epoch); the same figure on every process. The first
+    step is not counted: it pays one-time costs (memory, kernels) that a whole epoch does not repeat."""
+    probe = Subset(dataset, range(min(len(dataset), 5 * config.batch_size)))
+    stamps: list[float] = []
 
-    probe = Subset(dataset, range(min(len(dataset), 4 * config.batch_size)))
+    def stamp(event: str, _info: dict[str, Any]) -> None:
+        if event == "step":
+            stamps.append(time.perf_counter())
+
     clock = time.perf_counter()
     distill(copy_model(student), teacher, probe, dataclasses.replace(config, epochs=1, minutes=0.0, keep_best=False),
-            device=world.device)
-    seconds = (time.perf_counter() - clock) * len(dataset) / len(probe)
+            device=world.device, progress=stamp)
+    if len(stamps) > 1:
+        steps = len(_epoch_batches(len(dataset), config.batch_size, config.seed, 0))
+        seconds = (stamps[-1] - stamps[0]) / (len(stamps) - 1) * steps
+    else:  # one batch held the whole probe
+        seconds = (time.perf_counter() - clock) * len(dataset) / len(probe)
     if val_dataset is not None and world.main:
         sample = Subset(val_dataset, range(min(len(val_dataset), 256)))
         clock = time.perf_counter()
