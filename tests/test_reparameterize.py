@@ -178,3 +178,37 @@ def test_blocks_that_fuse_in_place_convert_once_fused():
     converted = ghostify.convert(model, skip_output=False)
     assert is_ghost_module(converted[1].conv) and is_ghost_module(converted[3].conv)
     assert converted[1].norm is None and model[1].norm is not None
+
+
+class FusionHead(nn.Module):
+    """A segmentation-style head whose fusion conv is called ``fuse``, and a block whose fuse() needs inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fuse = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(x)
+
+
+class Combine(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(self.conv(x), x)
+
+    def fuse(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b
+
+
+def test_attributes_called_fuse_that_are_not_fusing_methods_are_left_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), FusionHead(), Combine(), nn.Conv2d(16, 4, 1)).eval()
+    plan = ghostify.plan_conversion(model)
+    assert plan.reparameterized == []
+    assert {layer.name for layer in plan.converted} == {"1.fuse", "2.conv"}
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        assert ghostify.convert(model)(x).shape == model(x).shape
