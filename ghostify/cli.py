@@ -229,6 +229,8 @@ def plan_table(plan: ConversionPlan, macs: dict[str, tuple[int, int]] | None = N
 def _print_trace(plan: ConversionPlan) -> None:
     if plan.trace == "fx":
         stdout.print("analysis: torch.fx graph (call sites, stem and output convs from the traced forward)")
+        if plan.trace_note:
+            stdout.print(f"note: {escape(shorten(plan.trace_note))}", soft_wrap=True)
     else:  # the whole note is in report.json
         stdout.print(f"analysis: module walk, because {escape(shorten(str(plan.trace_note)))}", soft_wrap=True)
     if plan.reparameterized:

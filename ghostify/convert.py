@@ -30,11 +30,16 @@ def plan_conversion(model: nn.Module, config: GhostConfig | None = None, **optio
     """
     config = GhostConfig.from_options(config, **options)
     fused: list[str] = []
+    failure = None
     if config.reparameterize and reparameterisable_blocks(model):
-        model = copy_model(model)  # planned on a fused copy: the user's model stays as it is
-        fused = reparameterize(model)
+        copied = copy_model(model)  # planned on a fused copy: the user's model stays as it is
+        try:
+            fused, model = reparameterize(copied), copied
+        except Exception as err:  # noqa: BLE001 - the model's own fusing code: convert without it
+            failure = (f"fusing the re-parameterisable blocks failed ({type(err).__name__}: {err}); their convs are kept "
+                       "as they are")
     sites, trace, note = find_conv_sites(model, fused=bool(fused))
-    plan = plan_layers(sites, config, trace, note)
+    plan = plan_layers(sites, config, trace, "; ".join(filter(None, [note, failure])) or None)
     plan.reparameterized = fused
     return plan
 

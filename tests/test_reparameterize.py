@@ -212,3 +212,19 @@ def test_attributes_called_fuse_that_are_not_fusing_methods_are_left_alone():
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         assert ghostify.convert(model)(x).shape == model(x).shape
+
+
+class BrokenFuse(ConvNorm):
+    def fuse(self) -> nn.Conv2d:
+        raise RuntimeError("cannot fuse in this state")
+
+
+def test_a_block_whose_fusing_fails_keeps_its_convs_and_says_why():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), BrokenFuse(16, 32), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.Conv2d(32, 4, 1)).eval()
+    plan = ghostify.plan_conversion(model)
+    assert plan.reparameterized == [] and [layer.name for layer in plan.converted] == ["3"]
+    assert "fusing the re-parameterisable blocks failed (RuntimeError: cannot fuse in this state)" in plan.trace_note
+    assert plan.layer("1.conv").reason.startswith("inside 1 (BrokenFuse), whose fuse() fuses its convs' weights")
+    x = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        assert ghostify.convert(model)(x).shape == model(x).shape
