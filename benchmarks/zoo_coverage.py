@@ -205,7 +205,10 @@ def _params_on_meta(spec: str) -> int | None:
             else:
                 import torchvision
 
-                model = torchvision.models.get_model(name, weights=None)
+                try:  # detection / segmentation models would fetch backbone weights
+                    model = torchvision.models.get_model(name, weights=None, weights_backbone=None)
+                except TypeError:  # a model without a backbone
+                    model = torchvision.models.get_model(name, weights=None)
         return sum(p.numel() for p in model.parameters())
     except Exception:  # noqa: BLE001 - the full build below decides
         return None
