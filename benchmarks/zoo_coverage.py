@@ -17,6 +17,7 @@ and continued:
     python benchmarks/zoo_coverage.py --source timm --filter 'nfnet*' --limit 20 --json nf.json
     python benchmarks/zoo_coverage.py --all --max-params 100 --json zoo.json --markdown zoo.md
     python benchmarks/zoo_coverage.py --source timm --jobs 2 --log timm.jsonl --json timm.json  # resumable
+    python benchmarks/zoo_coverage.py --all --convert-stem --convert-output --jobs 2 --log all.jsonl  # every eligible conv
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def model_specs(source: str, pattern: str = "*", families: list[str] | None = No
 
 # ----- one model (the child process) ---------------------------------------------------------------
 
-def check_one(spec: str, family: str, size: int, max_params: float) -> dict:
-    """Convert ``spec`` and run both models once; the facts as a dict."""
+def check_one(spec: str, family: str, size: int, max_params: float, options: dict | None = None) -> dict:
+    """Convert ``spec`` (``options``: ``GhostConfig`` fields, e.g. ``skip_stem=False``) and run both models once;
+    the facts as a dict."""
     import torch
 
     import ghostify
@@ -102,7 +104,7 @@ def check_one(spec: str, family: str, size: int, max_params: float) -> dict:
         return {**row, "eligible": {}, "converted": {}, "same_outputs": None,
                 "seconds": round(time.perf_counter() - start, 1), "note": "no dense conv"}
     convert_start = time.perf_counter()
-    converted = ghostify.convert(model)
+    converted = ghostify.convert(model, **(options or {}))
     row["convert_seconds"] = round(time.perf_counter() - convert_start, 1)
     plan = ghostify.get_plan(converted)
     if plan.reparameterized:  # counted again in the fused form the plan names (a RepVGG block: one conv, not two)
@@ -231,7 +233,7 @@ def run_all(specs: list[tuple[str, str]], args: argparse.Namespace, done: dict[s
         while todo and len(running) < args.jobs:
             index, spec, family = todo.pop(0)
             receive, send = context.Pipe(duplex=False)
-            process = context.Process(target=_child, args=(send, spec, family, args.input_size, args.max_params), daemon=True)
+            process = context.Process(target=_child, args=(send, spec, family, args.input_size, args.max_params, _options(args)), daemon=True)
             process.start()
             send.close()
             running[process] = (index, spec, family, time.perf_counter(), receive)
@@ -260,15 +262,20 @@ def run_all(specs: list[tuple[str, str]], args: argparse.Namespace, done: dict[s
     return [done[spec] for spec, _ in specs]
 
 
-def _child(send, spec: str, family: str, size: int, max_params: float) -> None:
+def _child(send, spec: str, family: str, size: int, max_params: float, options: dict) -> None:
     """The forked process: measure one model, send its row (or the error) back to the parent."""
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
-        row = check_one(spec, family, size, max_params)
+        row = check_one(spec, family, size, max_params, options)
     except BaseException as err:  # noqa: BLE001 - any failure of the model is a row, not a crash
         row = {"model": spec, "family": family, "error": f"{type(err).__name__}: {err}".strip()[:300]}
     send.send(row)
     send.close()
+
+
+def _options(args: argparse.Namespace) -> dict:
+    """The conversion options the command line asks for (the defaults' stem and output rules switched off)."""
+    return {**({"skip_stem": False} if args.convert_stem else {}), **({"skip_output": False} if args.convert_output else {})}
 
 
 def read_log(path: Path | None) -> dict[str, dict]:
@@ -376,6 +383,8 @@ def main() -> None:
     parser.add_argument("--max-params", type=float, default=100.0, help="skip models with more parameters, in millions (default 100)")
     parser.add_argument("--input-size", type=int, default=64, help="smallest image side tried (default 64)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per model (default 600)")
+    parser.add_argument("--convert-stem", action="store_true", help="convert the stem convs too (as ghostify convert --convert-stem)")
+    parser.add_argument("--convert-output", action="store_true", help="convert the output convs too (as --convert-output)")
     parser.add_argument("--jobs", type=int, default=1, help="models measured at once, one process and one thread each (default 1)")
     parser.add_argument("--log", type=Path, help="append each row here as it is measured (JSON lines); models already in it are skipped")
     parser.add_argument("--json", type=Path, help="write every row here")
