@@ -11,7 +11,6 @@ from .errors import GhostifyError
 from .ghost_module import (
     GhostConv1d, GhostConv1dBNReLU, GhostConv2d, GhostConv2dBNReLU, GhostConv3d, GhostConv3dBNReLU,
 )
-from .graph_pass import register_variant
 from .latency_plan import plan_for_latency
 from .models import ResolvedModel, resolve_model
 from .reparameterize import reparameterize
@@ -19,6 +18,7 @@ from .report import ComparisonReport, compare
 from .selection import ConversionPlan, LayerPlan
 from .serialization import load, save
 from .sweep import SweepReport, sweep
+from .variants import register_variant
 
 from .version import __version__
 

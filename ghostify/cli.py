@@ -33,7 +33,6 @@ from .distill import DistillConfig
 from .errors import ConfigError, GhostifyError
 from .evaluate import AccuracyStats, image_folder
 from .formatting import MISSING, display_spec, human_count, parse_input_size, percent_text, saving_percent, shorten
-from .graph_pass import VARIANTS
 from .latency_plan import Budget, plan_for_latency
 from .measure import example_input, layer_macs
 from .models import DEFAULT_SEED, ResolvedModel, input_size_for, resolve_model
@@ -45,6 +44,7 @@ from .report_render import layer_status
 from .selection import ConversionPlan
 from .serialization import load, origin_mismatch, read_recipe, recorded_inputs, recorded_origin, write_model_files
 from .sweep import parse_ratios, sweep as sweep_ratios, write_sweep_models
+from .variants import VARIANTS
 from .version import __version__
 
 def _plain_placeholders() -> None:

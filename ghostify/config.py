@@ -8,9 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .records import RecordKind
 from .ghost_module import check_ghost_params
+from .variants import TRANSFERS_WEIGHTS, VARIANTS
 
 CONFIG_VERSION = 2  # 2: reparameterize (records of version 1 were made without it)
+CONFIG_RECORD = RecordKind("GhostConfig record", "_version", CONFIG_VERSION, "_type", "GhostConfig")
 INIT_MODES = ("transfer", "random")
 # The paper tries d = 1..7; the data-free fit needs O(channels * d**4) memory, so d = 63 on a
 # 256-channel conv already takes > 24 GB. Larger kernels are refused up front.
@@ -61,7 +64,7 @@ class GhostConfig:
     but converting it loses the most accuracy). skip_pointwise: leave all 1x1 convs alone.
     skip_output: leave the convs that produce the model's output alone (default: a 1x1 classifier
     conv would otherwise make half of the class scores cheap copies of the others).
-    variant: which ghost module replaces a conv (``ghostify.graph_pass.VARIANTS``).
+    variant: which ghost module replaces a conv (``ghostify.variants.VARIANTS``).
     init: "transfer" starts from the original weights, "random" from PyTorch's default init; None
     (default) is "transfer" for variants that can start from the original weights and "random"
     for the others (paper-bn-relu: BN and ReLU inside, so the original weights do not carry over).
@@ -100,8 +103,6 @@ class GhostConfig:
         for name in ("skip_stem", "skip_pointwise", "skip_output", "reparameterize"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}.")
-        from .graph_pass import TRANSFERS_WEIGHTS, VARIANTS  # the registry lives with the code that uses it
-
         if not isinstance(self.variant, str) or self.variant not in VARIANTS:
             raise ConfigError(f"variant must be one of {', '.join(sorted(VARIANTS))}, got {self.variant!r}.")
         if self.init is None:
@@ -131,17 +132,8 @@ class GhostConfig:
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> GhostConfig:
-        if not isinstance(payload, Mapping) or payload.get("_type") != "GhostConfig":
-            found = payload.get("_type") if isinstance(payload, Mapping) else type(payload).__name__
-            raise ConfigError(f"not a GhostConfig record (found _type={found!r}).")
-        version, data = payload.get("_version", 0), payload.get("_data")
-        if isinstance(version, bool) or not isinstance(version, int):
-            raise ConfigError(f"GhostConfig record has a malformed _version {version!r}; expected a whole number.")
-        if version > CONFIG_VERSION:
-            raise ConfigError(
-                f"config version {version} is newer than this ghostify understands "
-                f"({CONFIG_VERSION}); upgrade ghostify."
-            )
+        version = CONFIG_RECORD.version_of(payload, error=ConfigError)
+        data = payload.get("_data")
         if not isinstance(data, Mapping) or not all(isinstance(key, str) for key in data):
             raise ConfigError(f"GhostConfig record has no valid _data mapping (found {type(data).__name__}).")
         if version < 2:

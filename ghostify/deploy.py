@@ -38,9 +38,11 @@ from torch import fx, nn
 
 from .errors import ConfigError
 from .ghost_module import GhostConv2d, intrinsic_channels, mirror_conv_geometry
+from .records import RecordKind
 
 DEPLOY_ATTRIBUTE = "ghostify_deploy"
 DEPLOY_RECORD_VERSION = 1
+DEPLOY_RECORD = RecordKind("deploy record", "version", DEPLOY_RECORD_VERSION, oldest=1)
 
 # Ops that act on each channel alone and keep the channel axis where it is: a channel permutation
 # passes through them unchanged (the parameter-free ones) or with their parameters permuted.
@@ -172,8 +174,7 @@ class DeployRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeployRecord:
-        if data.get("version") != DEPLOY_RECORD_VERSION:
-            raise ConfigError(f"unknown deploy record version {data.get('version')!r}; upgrade ghostify.")
+        DEPLOY_RECORD.version_of(data, error=ConfigError)
         return cls([DeployedLayer.from_dict(item) for item in data["layers"]])
 
 

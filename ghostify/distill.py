@@ -36,9 +36,11 @@ from .data import AUGMENTATIONS, InputPipeline, as_dataset, check_labels, sample
 from .errors import ConfigError, GhostifyError
 from .ghost_module import is_ghost_module
 from .measure import resolve_device
+from .records import RecordKind
 
 CHECKPOINT_FORMAT = "ghostify.distill-checkpoint"
 CHECKPOINT_VERSION = 1
+CHECKPOINT_RECORD = RecordKind("ghostify distillation checkpoint", "version", CHECKPOINT_VERSION, "format", CHECKPOINT_FORMAT)
 CHECKPOINT_FILE = "distill-checkpoint.pt"
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -319,10 +321,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user-facing problem
         raise GhostifyError(f"cannot read the checkpoint {path} ({type(err).__name__}: {err}); delete it and start again without --resume.") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise GhostifyError(f"{path} is not a ghostify distillation checkpoint.")
-    if state.get("version", 0) > CHECKPOINT_VERSION:
-        raise GhostifyError(f"{path} was written by a newer ghostify; upgrade ghostify.")
+    CHECKPOINT_RECORD.version_of(state, source=str(path))
     return state
 
 

@@ -27,7 +27,7 @@ from .conv_equivalent import equivalent_conv
 from .convert import base_form, plan_conversion
 from .deploy import DeployedGhostConv2d
 from .ghost_module import GhostConv2d
-from .graph_pass import VARIANTS
+from .variants import VARIANTS
 from .errors import ConfigError
 from .measure import count_macs, example_input, layer_macs, observe_modules, resolve_device, time_interleaved
 from .selection import SLOWER_AS_GHOST, ConversionPlan, LayerPlan

@@ -37,6 +37,7 @@ from .measure import (
 from .outputs import prepare_report_directory
 from .report_html import render_html
 from .report_render import MACS_EXPLANATION, RENDER_WIDTH, render_text  # noqa: F401  (still importable from here)
+from .records import RecordKind
 from .selection import ConversionPlan, LayerPlan
 from .serialization import SAVED_MODEL_FILES
 from .version import __version__
@@ -45,17 +46,7 @@ REPORT_SCHEMA = "ghostify.report"
 REPORT_SCHEMA_VERSION = 3  # 2: recovery, calibration, training; 3: accuracy class counts, weight-op MACs (1 and 2 still read)
 
 
-def check_schema(payload: Mapping[str, Any], schema: str, version: int) -> None:
-    """``GhostifyError`` unless ``payload`` is a ``schema`` record of a version this ghostify reads."""
-    if not isinstance(payload, Mapping) or payload.get("schema") != schema:
-        found = payload.get("schema") if isinstance(payload, Mapping) else type(payload).__name__
-        kind = schema.rpartition(".")[2]  # "ghostify.report" -> "report"
-        raise GhostifyError(f"not a ghostify {kind} (schema={found!r}, expected {schema!r})")
-    found_version = payload.get("schema_version", 0)
-    if isinstance(found_version, bool) or not isinstance(found_version, int) or found_version > version:
-        raise GhostifyError(
-            f"{schema} schema version {found_version!r} is newer than this ghostify reads ({version}); upgrade ghostify"
-        )
+REPORT_RECORD = RecordKind("ghostify report", "schema_version", REPORT_SCHEMA_VERSION, "schema", REPORT_SCHEMA)
 
 
 @dataclass
@@ -217,7 +208,7 @@ class ComparisonReport:
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> ComparisonReport:
         """Read back ``to_dict()`` output; ``GhostifyError`` if it is not a report this version reads."""
-        check_schema(payload, REPORT_SCHEMA, REPORT_SCHEMA_VERSION)
+        REPORT_RECORD.version_of(payload)
         known = {f.name for f in fields(cls)}
         data = {key: value for key, value in payload.items() if key in known}
         data["layers"] = [LayerRow(**row) for row in payload.get("layers", [])]

@@ -25,6 +25,7 @@ from torch import nn
 from .config import GhostConfig
 from .errors import ConfigError, PatternMatchError
 from .ghost_module import CONV_TYPES, intrinsic_channels
+from .variants import VARIANT_DIMS
 
 TRANSPOSED_REASON = "transposed conv: not eligible (a ghost module is a forward conv)"
 
@@ -316,8 +317,6 @@ def _unselected_reason(site: ConvSite, config: GhostConfig) -> tuple[int, str | 
 
 def plan_layers(sites: Sequence[ConvSite], config: GhostConfig, trace: str, trace_note: str | None = None) -> ConversionPlan:
     """Decide every conv site; raises ``PatternMatchError`` before anything is changed."""
-    from .graph_pass import VARIANT_DIMS  # the variant registry lives with the code that builds the modules
-
     _check_patterns(config, [site.name for site in sites])
     variant_dims = VARIANT_DIMS.get(config.variant, (2,))
     layers = []

@@ -23,6 +23,7 @@ from .errors import CheckpointError, GhostifyError, ModelSpecError
 from .graph_pass import apply_plan
 from .models import DEFAULT_SEED, ResolvedModel, canonical_spec, model_file, resolve_model
 from .outputs import PYTHON_WORDING, atomic_directory
+from .records import RecordKind
 from .reparameterize import reparameterize
 from .selection import ConversionPlan
 from .version import __version__
@@ -31,6 +32,7 @@ RECIPE_FILE = "ghostify.json"
 WEIGHTS_FILE = "model.safetensors"
 RECIPE_FORMAT = "ghostify.recipe"
 RECIPE_VERSION = 1
+RECIPE_RECORD = RecordKind("ghostify recipe", "format_version", RECIPE_VERSION, "format", RECIPE_FORMAT)
 SAVED_MODEL_FILES = frozenset({RECIPE_FILE, WEIGHTS_FILE})
 
 
@@ -118,15 +120,7 @@ def read_recipe(directory: str | Path) -> dict[str, Any]:
         recipe = json.loads(path.read_text())
     except (OSError, ValueError) as err:  # ValueError: invalid JSON or not UTF-8
         raise CheckpointError(f"cannot read {path}: {err}") from None
-    if not isinstance(recipe, dict):
-        raise CheckpointError(f"{path} is not a ghostify recipe (it holds a JSON {type(recipe).__name__}, not an object).")
-    if recipe.get("format") != RECIPE_FORMAT:
-        raise CheckpointError(f"{path} is not a ghostify recipe (format={recipe.get('format')!r}).")
-    version = recipe.get("format_version", 0)
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise CheckpointError(f"{path} has a malformed format_version {version!r}; re-create it with `ghostify convert -o`.")
-    if version > RECIPE_VERSION:
-        raise CheckpointError(f"{path} was written by a newer ghostify ({recipe.get('ghostify_version')}); upgrade ghostify.")
+    RECIPE_RECORD.version_of(recipe, source=str(path), error=CheckpointError)
     return recipe
 
 

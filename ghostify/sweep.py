@@ -18,13 +18,15 @@ from .config import GhostConfig
 from .convert import convert
 from .formatting import MISSING, human_count, parse_whole_numbers, ratio_text
 from .outputs import prepare_report_directory
-from .report import ComparisonReport, check_schema, compare
+from .records import RecordKind
+from .report import ComparisonReport, compare
 from .report_html import render_html
 from .report_render import NOT_AVAILABLE, render_text, top1_note
 from .serialization import write_model_files
 
 SWEEP_SCHEMA = "ghostify.sweep"
 SWEEP_SCHEMA_VERSION = 1
+SWEEP_RECORD = RecordKind("ghostify sweep", "schema_version", SWEEP_SCHEMA_VERSION, "schema", SWEEP_SCHEMA)
 
 
 @dataclass
@@ -54,7 +56,7 @@ class SweepReport:
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> SweepReport:
-        check_schema(payload, SWEEP_SCHEMA, SWEEP_SCHEMA_VERSION)
+        SWEEP_RECORD.version_of(payload)
         return cls(model=payload["model"], reports=[ComparisonReport.from_dict(r) for r in payload["reports"]])
 
     @classmethod

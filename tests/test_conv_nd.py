@@ -219,7 +219,7 @@ def test_paper_variant_converts_and_round_trips_a_1d_cnn(tmp_path):
 
 
 def test_functional_conv1d_calls_and_variants_without_1d_support_are_kept_with_the_reason():
-    from ghostify.graph_pass import TRANSFERS_WEIGHTS, VARIANT_DIMS, VARIANTS, register_variant
+    from ghostify.variants import TRANSFERS_WEIGHTS, VARIANT_DIMS, VARIANTS, register_variant
 
     class Mixed(nn.Module):
         def __init__(self) -> None:

@@ -23,7 +23,7 @@ from torch import nn
 import ghostify
 from ghostify.config import CONFIG_VERSION, INIT_MODES, MAX_DW_SIZE
 from ghostify.errors import ConfigError
-from ghostify.graph_pass import TRANSFERS_WEIGHTS, VARIANTS
+from ghostify.variants import TRANSFERS_WEIGHTS, VARIANTS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
