@@ -36,7 +36,7 @@ from .data import AUGMENTATIONS, InputPipeline, as_dataset, check_labels, sample
 from .errors import ConfigError, GhostifyError
 from .ghost_module import is_ghost_module
 from .measure import resolve_device
-from .records import RecordKind
+from .records import RecordKind, known_fields
 
 CHECKPOINT_FORMAT = "ghostify.distill-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -121,8 +121,7 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**known_fields(cls, data))
 
 
 @dataclass

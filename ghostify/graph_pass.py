@@ -143,7 +143,7 @@ def _module_site(name: str, conv: nn.Module, call_sites: int, aliases: list[str]
     transposed = isinstance(conv, TRANSPOSED_CONV_TYPES)
     return ConvSite(
         name=name, kind="module", in_channels=conv.in_channels, out_channels=conv.out_channels,
-        kernel_size=tuple(conv.kernel_size), stride=tuple(conv.stride), dilation=tuple(conv.dilation),
+        kernel_size=conv.kernel_size, stride=conv.stride, dilation=conv.dilation,
         groups=conv.groups, bias=conv.bias is not None, call_sites=call_sites,
         aliases=[a for a in aliases if a != name],
         unsupported=None if transposed else _unsupported(conv), transposed=transposed,

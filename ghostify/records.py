@@ -10,7 +10,7 @@ fails with one line the user can act on, and a reader can then upgrade older ver
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import GhostifyError
@@ -49,3 +49,10 @@ class RecordKind:
                 f"{self.newest}); upgrade ghostify."
             )
         return version
+
+
+def known_fields(cls: type, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``record`` that are fields of the dataclass ``cls``: readers ignore fields added by a
+    newer writer within the same version (docs/formats.md)."""
+    names = {f.name for f in fields(cls)}
+    return {key: value for key, value in record.items() if key in names}

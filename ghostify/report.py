@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,7 +37,7 @@ from .measure import (
 from .outputs import prepare_report_directory
 from .report_html import render_html
 from .report_render import MACS_EXPLANATION, RENDER_WIDTH, render_text  # noqa: F401  (still importable from here)
-from .records import RecordKind
+from .records import RecordKind, known_fields
 from .selection import ConversionPlan, LayerPlan
 from .serialization import SAVED_MODEL_FILES
 from .version import __version__
@@ -49,29 +49,15 @@ REPORT_SCHEMA_VERSION = 3  # 2: recovery, calibration, training; 3: accuracy cla
 REPORT_RECORD = RecordKind("ghostify report", "schema_version", REPORT_SCHEMA_VERSION, "schema", REPORT_SCHEMA)
 
 
-@dataclass
-class LayerRow:
-    """One conv of the plan with its cost before and after; None where it cannot be measured
-    (a functional ``conv2d`` call has no module to count)."""
+@dataclass(kw_only=True)
+class LayerRow(LayerPlan):
+    """One conv of the plan (its facts and decision) with its cost before and after; None where it cannot
+    be measured (a functional ``conv2d`` call has no module to count)."""
 
-    name: str
-    kind: str
-    in_channels: int | None
-    out_channels: int | None
-    kernel_size: list[int] | None
-    stride: list[int] | None
-    ratio: int
-    convert: bool
-    eligible: bool
-    reason: str | None
-    fit_error: float | None
-    intrinsic_channels: int | None = None
-    call_sites: int = 1
     params_before: int | None = None
     params_after: int | None = None
     macs_before: int | None = None
     macs_after: int | None = None
-    latency_ms: list[float] | None = None  # [conv, ghost module] medians timed by --target latency
 
     @property
     def macs_saved(self) -> int | None:
@@ -151,7 +137,7 @@ class ComparisonReport:
     def __post_init__(self) -> None:
         # the shapes JSON gives back, so that from_dict(to_dict()) equals the report: stages as
         # AccuracyStage, tuples (a calibration's ``head``) as lists
-        self.recovery = [stage if isinstance(stage, AccuracyStage) else AccuracyStage(**_known(AccuracyStage, stage))
+        self.recovery = [stage if isinstance(stage, AccuracyStage) else AccuracyStage(**known_fields(AccuracyStage, stage))
                          for stage in self.recovery]
         self.calibration = _json_shaped(self.calibration)
         self.training = _json_shaped(self.training)
@@ -209,16 +195,15 @@ class ComparisonReport:
     def from_dict(cls, payload: Mapping[str, Any]) -> ComparisonReport:
         """Read back ``to_dict()`` output; ``GhostifyError`` if it is not a report this version reads."""
         REPORT_RECORD.version_of(payload)
-        known = {f.name for f in fields(cls)}
-        data = {key: value for key, value in payload.items() if key in known}
-        data["layers"] = [LayerRow(**row) for row in payload.get("layers", [])]
+        data = known_fields(cls, payload)
+        data["layers"] = [LayerRow.from_dict(row) for row in payload.get("layers", [])]
         data["input_size"] = tuple(payload["input_size"])
         for key in ("latency_before", "latency_after"):
             if data.get(key) is not None:
                 data[key] = LatencyStats.from_dict(data[key])
         if data.get("accuracy") is not None:
-            data["accuracy"] = AccuracyStats(**_known(AccuracyStats, data["accuracy"]))
-        data["recovery"] = [AccuracyStage(**_known(AccuracyStage, stage)) for stage in payload.get("recovery") or []]
+            data["accuracy"] = AccuracyStats(**known_fields(AccuracyStats, data["accuracy"]))
+        data["recovery"] = [AccuracyStage(**known_fields(AccuracyStage, stage)) for stage in payload.get("recovery") or []]
         data["training"] = list(payload.get("training") or [])
         return cls(**data)
 
@@ -270,12 +255,6 @@ class ComparisonReport:
 
     def __str__(self) -> str:
         return render_text(self, Text(""), self.layer_table())
-
-
-def _known(cls: type, record: Mapping[str, Any]) -> dict[str, Any]:
-    """The items of ``record`` that are fields of dataclass ``cls`` (readers ignore fields they do not know)."""
-    names = {f.name for f in fields(cls)}
-    return {key: value for key, value in record.items() if key in names}
 
 
 def _json_shaped(value: Any) -> Any:
@@ -394,14 +373,9 @@ def check_macs(
 
 def _layer_row(layer: LayerPlan, original: nn.Module, converted: nn.Module, before: MacCount, after: MacCount) -> LayerRow:
     return LayerRow(
-        name=layer.name, kind=layer.kind, in_channels=layer.in_channels, out_channels=layer.out_channels,
-        kernel_size=list(layer.kernel_size) if layer.kernel_size else None,
-        stride=list(layer.stride) if layer.stride else None,
-        ratio=layer.ratio, convert=layer.convert, eligible=layer.eligible, reason=layer.reason,
-        fit_error=layer.fit_error, intrinsic_channels=layer.intrinsic_channels, call_sites=layer.call_sites,
+        **known_fields(LayerPlan, vars(layer)),
         params_before=_module_params(original, layer), params_after=_module_params(converted, layer),
         macs_before=_module_macs(before, layer), macs_after=_module_macs(after, layer),
-        latency_ms=list(layer.latency_ms) if layer.latency_ms else None,
     )
 
 

@@ -16,15 +16,16 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
 from .config import GhostConfig
 from .errors import ConfigError, PatternMatchError
 from .ghost_module import CONV_TYPES, intrinsic_channels
+from .records import known_fields
 from .variants import VARIANT_DIMS
 
 TRANSPOSED_REASON = "transposed conv: not eligible (a ghost module is a forward conv)"
@@ -37,18 +38,29 @@ def conv_kind(dims: int | None, transposed: bool = False) -> str:
 
 SLOWER_AS_GHOST = "slower as a ghost module"  # the start of the reason --target latency gives a kept layer
 
-@dataclass
+_Layer = TypeVar("_Layer", bound="ConvSite")
+
+
+def _as_list(value: Sequence[int] | None) -> list[int] | None:
+    return [int(v) for v in value] if value else None
+
+
+@dataclass(kw_only=True)
 class ConvSite:
-    """A conv found in the model: a ``Conv1d``/``Conv2d``/``Conv3d`` (or transposed) module, or a functional
-    ``conv1d``/``conv2d``/``conv3d`` (or ``conv_transpose*``) call."""
+    """A conv found in the model, with its facts: a ``Conv1d``/``Conv2d``/``Conv3d`` (or transposed)
+    module, or a functional ``conv1d``/``conv2d``/``conv3d`` (or ``conv_transpose*``) call.
+
+    The one type for a layer: ``LayerPlan`` adds the decision for it, ``ghostify.report.LayerRow`` its
+    costs before and after. Sizes are lists, as JSON gives them back.
+    """
 
     name: str
     kind: str  # "module" or "functional"
     in_channels: int | None
     out_channels: int | None
-    kernel_size: tuple[int, ...] | None
-    stride: tuple[int, ...] | None = None
-    dilation: tuple[int, ...] | None = None
+    kernel_size: list[int] | None
+    stride: list[int] | None = None
+    dilation: list[int] | None = None
     groups: int = 1
     bias: bool = False
     call_sites: int = 1
@@ -60,37 +72,36 @@ class ConvSite:
     transposed: bool = False  # a ConvTranspose module or conv_transpose call: never converted
     op: str | None = None  # a functional call's function name ("conv2d", "conv_transpose1d", ...)
 
+    def __post_init__(self) -> None:
+        self.kernel_size, self.stride, self.dilation = (
+            _as_list(self.kernel_size), _as_list(self.stride), _as_list(self.dilation))
+        self.aliases = list(self.aliases)
+
     @property
     def dims(self) -> int | None:
         """Spatial dimensions (1, 2 or 3), from the kernel; None when unknown (a functional call on a computed weight)."""
         return len(self.kernel_size) if self.kernel_size else None
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
-@dataclass
-class LayerPlan:
-    """The decision for one conv: convert at ``ratio``, or keep it and say why (``reason``)."""
+    @classmethod
+    def from_dict(cls: type[_Layer], payload: Mapping[str, Any]) -> _Layer:
+        """Read back ``to_dict()``; fields this version does not know are ignored (see docs/formats.md)."""
+        return cls(**known_fields(cls, payload))
 
-    name: str
-    kind: str
-    in_channels: int | None
-    out_channels: int | None
-    kernel_size: list[int] | None
-    stride: list[int] | None
-    dilation: list[int] | None
-    groups: int
-    bias: bool
-    call_sites: int
+
+@dataclass(kw_only=True)
+class LayerPlan(ConvSite):
+    """A conv's facts and the decision for it: convert at ``ratio``, or keep it and say why (``reason``)."""
+
     eligible: bool  # passes the structural rules (conv type, groups, channels); convert also needs selection
     convert: bool
     ratio: int
     reason: str | None = None
     intrinsic_channels: int | None = None
-    aliases: list[str] = field(default_factory=list)
     fit_error: float | None = None  # relative error of the data-free weight fit, set by convert()
     latency_ms: list[float] | None = None  # [conv, ghost module] median ms, set by plan_for_latency
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -190,7 +201,7 @@ class ConversionPlan:
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> ConversionPlan:
         return cls(
-            layers=[LayerPlan(**layer) for layer in payload["layers"]],
+            layers=[LayerPlan.from_dict(layer) for layer in payload["layers"]],
             config=GhostConfig.from_dict(payload["config"]),
             trace=payload["trace"],
             trace_note=payload.get("trace_note"),
@@ -327,22 +338,12 @@ def plan_layers(sites: Sequence[ConvSite], config: GhostConfig, trace: str, trac
         convert = reason is None
         layers.append(
             LayerPlan(
-                name=site.name,
-                kind=site.kind,
-                in_channels=site.in_channels,
-                out_channels=site.out_channels,
-                kernel_size=list(site.kernel_size) if site.kernel_size else None,
-                stride=list(site.stride) if site.stride else None,
-                dilation=list(site.dilation) if site.dilation else None,
-                groups=site.groups,
-                bias=site.bias,
-                call_sites=site.call_sites,
+                **known_fields(ConvSite, vars(site)),
                 eligible=ineligible is None,
                 convert=convert,
                 ratio=ratio if convert else 1,
                 reason=reason,
                 intrinsic_channels=intrinsic_channels(site.out_channels, ratio) if convert else None,
-                aliases=list(site.aliases),
             )
         )
     return ConversionPlan(layers=layers, config=config, trace=trace, trace_note=trace_note)

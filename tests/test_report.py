@@ -275,9 +275,11 @@ def test_save_writes_json_and_markdown(tiny_report, tmp_path):
 
 
 def test_layer_row_saved_macs():
-    row = LayerRow("x", "module", 1, 2, [1, 1], [1, 1], 2, True, True, None, None, macs_before=10, macs_after=4)
+    row = LayerRow(name="x", kind="module", in_channels=1, out_channels=2, kernel_size=[1, 1], stride=[1, 1], ratio=2,
+                   convert=True, eligible=True, macs_before=10, macs_after=4)
     assert row.macs_saved == 6
-    assert LayerRow("f", "functional", None, None, None, None, 1, False, False, "f", None).macs_saved is None
+    assert LayerRow(name="f", kind="functional", in_channels=None, out_channels=None, kernel_size=None, ratio=1,
+                    convert=False, eligible=False, reason="f").macs_saved is None
 
 
 def test_compare_refuses_a_converted_model_of_another_original():
