@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import re
 import sys
@@ -190,13 +191,55 @@ def _parse_layer_ratios(rules: list[str] | None) -> list[tuple[str, int]]:
     return parsed
 
 
-def _config(ratio: int, dw_size: int, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise,
-            skip_output: bool = True, variant: str = "linear", init: str | None = None, reparameterize: bool = True) -> GhostConfig:
+# The options that choose and shape the converted layers, shared by convert, inspect and sweep: declared once
+# here, in the order --help shows them, and handed to a command as one dict (see ``_takes_selection``).
+_SELECTION_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "dw_size": (DwSizeOpt, 3),
+    "include": (IncludeOpt, None),
+    "exclude": (ExcludeOpt, None),
+    "layer_ratio": (LayerRatioOpt, None),
+    "min_channels": (MinChannelsOpt, 8),
+    "skip_stem": (SkipStemOpt, True),
+    "skip_output": (SkipOutputOpt, True),
+    "reparameterize": (ReparameterizeOpt, True),
+    "skip_pointwise": (SkipPointwiseOpt, False),
+}
+
+
+def _takes_selection(*, omit: Sequence[str] = ()) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Put the selection options (all but ``omit``) where a command has its ``selection`` parameter; the
+    command receives their values as ``selection``, a dict to build its ``GhostConfig`` with (``_config``)."""
+    names = [name for name in _SELECTION_OPTIONS if name not in omit]
+
+    def decorate(function: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(function, eval_str=True)
+        parameters = []
+        for parameter in signature.parameters.values():
+            if parameter.name != "selection":
+                parameters.append(parameter)
+                continue
+            for name in names:
+                annotation, default = _SELECTION_OPTIONS[name]
+                parameters.append(inspect.Parameter(name, parameter.kind, default=default, annotation=annotation))
+
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> None:
+            function(*args, selection={name: kwargs.pop(name) for name in names}, **kwargs)
+
+        run.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]  # what typer reads
+        return run
+
+    return decorate
+
+
+def _config(ratio: int, selection: dict[str, Any], *, variant: str = "linear", init: str | None = None) -> GhostConfig:
+    """The ``GhostConfig`` of a command's ratio and selection options (and convert's variant and init)."""
+    options = dict(selection)
     return GhostConfig(
-        ratio=ratio, dw_size=dw_size, include=tuple(include or ()), exclude=tuple(exclude or ()),
-        layer_ratios=tuple(_parse_layer_ratios(layer_ratio)), min_channels=min_channels,
-        skip_stem=skip_stem, skip_pointwise=skip_pointwise, skip_output=skip_output, variant=variant, init=init,
-        reparameterize=reparameterize,
+        ratio=ratio, dw_size=options["dw_size"], include=tuple(options["include"] or ()),
+        exclude=tuple(options["exclude"] or ()), layer_ratios=tuple(_parse_layer_ratios(options.get("layer_ratio"))),
+        min_channels=options["min_channels"], skip_stem=options["skip_stem"], skip_pointwise=options["skip_pointwise"],
+        skip_output=options["skip_output"], variant=variant, init=init, reparameterize=options["reparameterize"],
     )
 
 
@@ -368,18 +411,12 @@ def _interrupted(checkpoint: Path | None) -> NoReturn:
 
 
 @_command
+@_takes_selection()
 def convert(
     model: ModelArg,
     ratio: RatioOpt = 2,
-    dw_size: DwSizeOpt = 3,
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
-    layer_ratio: LayerRatioOpt = None,
-    min_channels: MinChannelsOpt = 8,
-    skip_stem: SkipStemOpt = True,
-    skip_output: SkipOutputOpt = True,
-    reparameterize: ReparameterizeOpt = True,
-    skip_pointwise: SkipPointwiseOpt = False,
+    *,
+    selection: dict[str, Any],
     variant: Annotated[Variant, _value("--variant", metavar="KIND", help="Ghost module kind: linear (a drop-in for the conv) or paper-bn-relu (BN+ReLU inside, as in the paper: train it); e.g. --variant paper-bn-relu (default linear).")] = Variant("linear"),
     init: Annotated[Optional[InitMode], _value("--init", metavar="HOW", help="How ghost modules start: transfer (from the original weights) or random; e.g. --init random (default transfer; random for paper-bn-relu, which cannot start from the original weights).")] = None,
     checkpoint: CheckpointOpt = None,
@@ -422,8 +459,7 @@ def convert(
         ckpt = checkpoint_file(output) if distill and output is not None and not dry_run else None
         if not is_main_process():
             stdout.quiet = True
-        config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, skip_output,
-                         variant.value, init.value if init is not None else None, reparameterize)
+        config = _config(ratio, selection, variant=variant.value, init=init.value if init is not None else None)
         size = explicit_size = parse_input_size(input_size)  # a typo fails before the model is built
         norm_mean, norm_std = _parse_floats("--mean", mean), _parse_floats("--std", std)
         options = _training_options(epochs, batch_size, lr, seed, augment, minutes)
@@ -623,18 +659,12 @@ def _previous_calibration(saved: Path) -> dict[str, Any] | None:
 
 
 @_command
-def inspect(
+@_takes_selection()
+def inspect_command(
     model: ModelArg,
     ratio: RatioOpt = 2,
-    dw_size: DwSizeOpt = 3,
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
-    layer_ratio: LayerRatioOpt = None,
-    min_channels: MinChannelsOpt = 8,
-    skip_stem: SkipStemOpt = True,
-    skip_output: SkipOutputOpt = True,
-    reparameterize: ReparameterizeOpt = True,
-    skip_pointwise: SkipPointwiseOpt = False,
+    *,
+    selection: dict[str, Any],
     checkpoint: CheckpointOpt = None,
     trust_checkpoint: TrustOpt = False,
     input_size: InputSizeOpt = None,
@@ -644,8 +674,7 @@ def inspect(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Show every conv of MODEL: shape, dilation, MACs, whether it would be converted, at what ratio and saving, and why not."""
-    config = _config(ratio, dw_size, include, exclude, layer_ratio, min_channels, skip_stem, skip_pointwise, skip_output,
-                     reparameterize=reparameterize)
+    config = _config(ratio, selection)
     size = parse_input_size(input_size)
     resolved = _resolve(model, checkpoint, trust_checkpoint, False)
     size = input_size_for(resolved.model, size)
@@ -708,17 +737,12 @@ def compare_command(
 
 
 @_command
+@_takes_selection(omit=["layer_ratio"])
 def sweep(
     model: ModelArg,
     ratios: Annotated[str, _value("--ratios", metavar="S,S,...", help="Ratios to compare, comma-separated; e.g. --ratios 2,4,8 (default 2,3,4).")] = "2,3,4",
-    dw_size: DwSizeOpt = 3,
-    include: IncludeOpt = None,
-    exclude: ExcludeOpt = None,
-    min_channels: MinChannelsOpt = 8,
-    skip_stem: SkipStemOpt = True,
-    skip_output: SkipOutputOpt = True,
-    reparameterize: ReparameterizeOpt = True,
-    skip_pointwise: SkipPointwiseOpt = False,
+    *,
+    selection: dict[str, Any],
     checkpoint: CheckpointOpt = None,
     trust_checkpoint: TrustOpt = False,
     input_size: InputSizeOpt = None,
@@ -732,8 +756,7 @@ def sweep(
 ) -> None:
     """Convert MODEL at several ratios and compare them in one report (accuracy vs MACs with --data)."""
     ratio_list = parse_ratios(ratios)
-    config = _config(ratio_list[0], dw_size, include, exclude, None, min_channels, skip_stem, skip_pointwise, skip_output,
-                     reparameterize=reparameterize)
+    config = _config(ratio_list[0], selection)
     size = explicit_size = parse_input_size(input_size)
     if save_models and output is None:
         raise ConfigError("--save-models saves the converted models in the output directory: pass -o DIR too.")

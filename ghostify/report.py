@@ -35,9 +35,9 @@ from .measure import (
     state_dict_bytes,
 )
 from .outputs import prepare_report_directory
+from .records import RecordKind, known_fields
 from .report_html import render_html
 from .report_render import MACS_EXPLANATION, RENDER_WIDTH, render_text  # noqa: F401  (still importable from here)
-from .records import RecordKind, known_fields
 from .selection import ConversionPlan, LayerPlan
 from .serialization import SAVED_MODEL_FILES
 from .version import __version__

@@ -110,3 +110,27 @@ def test_output_directory_is_not_overwritten_without_force(tmp_path) -> None:
     assert (out / "notes.txt").read_text() == "mine"
     assert invoke(*args, "--force").exit_code == 0
     assert not (out / "notes.txt").exists() and (out / "model.safetensors").is_file()
+
+
+SELECTION = ["--dw-size", "5", "--include", "layer2.*", "--exclude", "layer2.0.conv1", "--min-channels", "16",
+             "--convert-stem", "--convert-output", "--keep-training-form", "--skip-pointwise"]
+SELECTED = {"dw_size": 5, "include": ["layer2.*"], "exclude": ["layer2.0.conv1"], "min_channels": 16, "skip_stem": False,
+            "skip_output": False, "reparameterize": False, "skip_pointwise": True}
+
+
+def test_every_selection_option_reaches_the_config_of_convert_sweep_and_inspect(tmp_path) -> None:
+    """The selection options are declared once (cli._SELECTION_OPTIONS) and given to three commands."""
+    size = ["--input-size", "3,32,32"]
+    converted = invoke("convert", CIFAR_MODEL, *SELECTION, "--layer-ratio", "layer2.1.*=4", *size, "-o", str(tmp_path / "c"))
+    assert converted.exit_code == 0, converted.output
+    config = json.loads((tmp_path / "c" / "ghostify.json").read_text())["plan"]["config"]["_data"]
+    assert {key: config[key] for key in SELECTED} == SELECTED and config["layer_ratios"] == [["layer2.1.*", 4]]
+    swept = invoke("sweep", CIFAR_MODEL, "--ratios", "2,3", *SELECTION, *size, "-o", str(tmp_path / "s"))
+    assert swept.exit_code == 0, swept.output
+    for report, ratio in zip(json.loads((tmp_path / "s" / "sweep.json").read_text())["reports"], (2, 3), strict=True):
+        config = report["config"]["_data"]
+        assert {key: config[key] for key in SELECTED} == SELECTED and config["ratio"] == ratio
+    assert_user_error(invoke("sweep", CIFAR_MODEL, "--layer-ratio", "layer2.*=4"), 2, "--layer-ratio")
+    inspected = invoke("inspect", CIFAR_MODEL, *SELECTION, "--layer-ratio", "layer2.1.*=4", *size)
+    assert inspected.exit_code == 0, inspected.output
+    assert "excluded by pattern 'layer2.0.conv1'" in inspected.output and "not matched by any include" in inspected.output
