@@ -234,12 +234,11 @@ def _takes_selection(*, omit: Sequence[str] = ()) -> Callable[[Callable[..., Non
 
 def _config(ratio: int, selection: dict[str, Any], *, variant: str = "linear", init: str | None = None) -> GhostConfig:
     """The ``GhostConfig`` of a command's ratio and selection options (and convert's variant and init)."""
-    options = dict(selection)
     return GhostConfig(
-        ratio=ratio, dw_size=options["dw_size"], include=tuple(options["include"] or ()),
-        exclude=tuple(options["exclude"] or ()), layer_ratios=tuple(_parse_layer_ratios(options.get("layer_ratio"))),
-        min_channels=options["min_channels"], skip_stem=options["skip_stem"], skip_pointwise=options["skip_pointwise"],
-        skip_output=options["skip_output"], variant=variant, init=init, reparameterize=options["reparameterize"],
+        ratio=ratio, dw_size=selection["dw_size"], include=tuple(selection["include"] or ()),
+        exclude=tuple(selection["exclude"] or ()), layer_ratios=tuple(_parse_layer_ratios(selection.get("layer_ratio"))),
+        min_channels=selection["min_channels"], skip_stem=selection["skip_stem"], skip_pointwise=selection["skip_pointwise"],
+        skip_output=selection["skip_output"], variant=variant, init=init, reparameterize=selection["reparameterize"],
     )
 
 
