@@ -32,6 +32,8 @@ from torch import nn
 from .ghost_module import _GhostConvNd
 
 _CHUNK_FLOATS = 1 << 23  # floats of shifted copies and partner filters held at once (32 MB)
+# correlate filters overlap by overlap when that multiplies this many times fewer position pairs than all of them
+_OVERLAP_ADVANTAGE = 8
 _EXACT = 1e-4  # unexplained share below which a ghost counts as exactly reproduced
 
 
@@ -243,23 +245,57 @@ def _correlate(filters: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, shif
     """``out[p, i, j, ...] = sum_x filters[src[p]][x] * filters[dst[p]][x + (shifts[0][i], shifts[1][j], ...)]``.
 
     ``filters``: (N, C, *kernel) with 1, 2 or 3 spatial axes; ``shifts``: per axis, the shifts to
-    correlate at (None: 0 there). Each pair's channel-summed products of every two kernel positions,
-    ``M[x, y] = sum_c src[c, x] * dst[c, y]``, come from one matrix product per source (its partners
-    side by side); a correlation at shift ``v`` is the sum of ``M[x, y]`` over ``y - x = v``. Matrix
-    products only, so 3-D filters cost about what 2-D ones do per kernel position pair.
+    correlate at (None: 0 there). Small kernels multiply every two kernel positions at once
+    (``_correlate_position_pairs``); large ones with few overlapping shifts, such as a ViT's 16x16
+    patch embedding at stride 16, multiply only the overlaps (``_correlate_overlaps``), which is
+    thousands of times less work there.
     """
-    pairs, channels, kernel = len(src), filters.shape[1], filters.shape[2:]
+    pairs, kernel = len(src), filters.shape[2:]
     out = filters.new_zeros(pairs, *(len(axis) for axis in shifts))
     wanted = [(index, value) for index, value in
               zip(itertools.product(*(range(len(axis)) for axis in shifts)), itertools.product(*shifts))
               if None not in value]
     if pairs == 0 or not wanted:
         return out
+    overlap = sum(math.prod(max(k - abs(v), 0) for k, v in zip(kernel, value)) for _, value in wanted)
+    by_overlaps = overlap * _OVERLAP_ADVANTAGE < math.prod(kernel) ** 2
+    result = (_correlate_overlaps if by_overlaps else _correlate_position_pairs)(filters, src, dst, [v for _, v in wanted])
+    index = tuple(torch.tensor(axis) for axis in zip(*(i for i, _ in wanted)))
+    out[(slice(None), *index)] = result
+    return out
+
+
+def _correlate_overlaps(filters: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                        wanted: list[tuple[int, ...]]) -> torch.Tensor:
+    """``_correlate`` for each wanted shift (pairs, shifts): the products of the two filters where they overlap."""
+    pairs, channels, kernel = len(src), filters.shape[1], filters.shape[2:]
+    result = filters.new_zeros(pairs, len(wanted))
+    crops = []
+    for o, value in enumerate(wanted):
+        if all(abs(v) < k for v, k in zip(value, kernel)):
+            crops.append((o, tuple(slice(max(0, -v), k - max(0, v)) for v, k in zip(value, kernel)),
+                          tuple(slice(max(0, v), k - max(0, -v)) for v, k in zip(value, kernel))))
+    chunk = max(1, _CHUNK_FLOATS // (2 * channels * math.prod(kernel)))
+    for first in range(0, pairs, chunk):
+        a, b = filters[src[first:first + chunk]], filters[dst[first:first + chunk]]
+        for o, from_a, from_b in crops:
+            result[first:first + chunk, o] = (a[(..., *from_a)] * b[(..., *from_b)]).flatten(1).sum(1)
+    return result
+
+
+def _correlate_position_pairs(filters: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                              wanted: list[tuple[int, ...]]) -> torch.Tensor:
+    """``_correlate`` for each wanted shift (pairs, shifts). Each pair's channel-summed products of every two
+    kernel positions, ``M[x, y] = sum_c src[c, x] * dst[c, y]``, come from one matrix product per source (its
+    partners side by side); a correlation at shift ``v`` is the sum of ``M[x, y]`` over ``y - x = v``. Matrix
+    products only, so 3-D filters cost about what 2-D ones do per kernel position pair.
+    """
+    pairs, channels, kernel = len(src), filters.shape[1], filters.shape[2:]
     # the (x, y) position pairs (flat index x * K + y, positions row-major) with y - x = the o-th wanted shift
     positions = torch.tensor(list(itertools.product(*(range(k) for k in kernel))), dtype=torch.long).reshape(-1, len(kernel))
     size, extent = len(positions), torch.tensor(kernel)
     pair_index, shift_index = [], []
-    for o, (_, value) in enumerate(wanted):
+    for o, value in enumerate(wanted):
         moved = positions + torch.tensor(value)
         inside = ((moved >= 0) & (moved < extent)).all(dim=1)
         flat_moved = (moved[inside] * torch.tensor([math.prod(kernel[a + 1:]) for a in range(len(kernel))])).sum(dim=1)
@@ -290,9 +326,7 @@ def _correlate(filters: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, shif
         correlations = correlations.reshape(len(sources), partners_per_source, len(wanted))
         inside = (slot >= first) & (slot < first + len(sources))
         result[inside] = correlations[slot[inside] - first, rank[inside]]
-    index = tuple(torch.tensor(axis) for axis in zip(*(i for i, _ in wanted)))
-    out[(slice(None), *index)] = result
-    return out
+    return result
 
 
 def _correlations(a: torch.Tensor, b: torch.Tensor, stride: Sequence[int], dw_size: int,

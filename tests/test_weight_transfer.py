@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -475,3 +476,52 @@ def test_group_channels_fills_a_sparse_row_from_the_lowest_free_channels():
     own = torch.tensor([0.0, 0.0, 0.0, 0.0, 2.0, 1.0])
     assignment = group_channels(sparse, 2, source_value=own)
     assert assignment == ChannelAssignment([0, 2, 4], [[1], [3], [5]])
+
+
+@pytest.mark.parametrize("kernel, shifts", [
+    ((3, 3), [[-2, -1, 0, 1, 2]] * 2),
+    ((4, 4), [[-8, -4, 0, 4, 8]] * 2),  # a stride-4 patch embedding: only shift 0 overlaps
+    ((7, 5), [[-4, -2, 0, 2, 4], [-1, 0, 1]]),
+    ((5,), [[-3, -1, 0, 2, 6]]),
+    ((3, 4, 2), [[-1, 0, 1], [-3, 0, 2], [0, 1]]),
+])
+def test_overlap_correlation_equals_position_pair_correlation(kernel, shifts):
+    from ghostify.weight_transfer import _correlate_overlaps, _correlate_position_pairs
+
+    torch.manual_seed(len(kernel))
+    filters = torch.randn(9, 3, *kernel, dtype=torch.float64)
+    src = torch.tensor([0, 0, 1, 2, 2, 2, 5, 8, 3])
+    dst = torch.tensor([1, 4, 0, 3, 7, 8, 5, 2, 3])
+    wanted = [tuple(v) for v in itertools.product(*shifts)]
+    by_overlaps = _correlate_overlaps(filters, src, dst, wanted)
+    torch.testing.assert_close(by_overlaps, _correlate_position_pairs(filters, src, dst, wanted))
+    for p, o in itertools.product(range(len(src)), range(len(wanted))):  # the definition, by hand for a few
+        if p % 3 == 0 and o % 4 == 0:
+            a, b, v = filters[src[p]], filters[dst[p]], wanted[o]
+            expected = sum(float((a[(slice(None), *x)] * b[(slice(None), *(xi + vi for xi, vi in zip(x, v)))]).sum())
+                           for x in itertools.product(*(range(k) for k in kernel))
+                           if all(0 <= xi + vi < k for xi, vi, k in zip(x, v, kernel)))
+            assert float(by_overlaps[p, o]) == pytest.approx(expected, abs=1e-9)
+
+
+def test_a_patch_embedding_conv_fits_by_its_overlaps_alone(monkeypatch):
+    """A ViT's patch embedding (kernel = stride = 16): its copies shifted by the cheap kernel's taps overlap
+    only at shift 0, so the fit correlates those overlaps and never every pair of kernel positions (a
+    3->768 conv at 32x32 took minutes that way); the fit is the same either way."""
+    import ghostify.weight_transfer as weight_transfer
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 48, 16, stride=16)
+    fits = {}
+    for advantage in (0, 10 ** 9):  # 0: by overlaps always; 1e9: by every position pair always
+        monkeypatch.setattr(weight_transfer, "_OVERLAP_ADVANTAGE", advantage)
+        ghost = GhostConv2d.like(conv, 2, 3)
+        fits[advantage] = (transfer_weights(conv, ghost), ghost.primary.weight.clone(), ghost.cheap.weight.clone())
+    torch.testing.assert_close(fits[0], fits[10 ** 9], rtol=1e-4, atol=1e-6)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("correlated every position pair of a 16x16 patch filter")
+
+    monkeypatch.setattr(weight_transfer, "_OVERLAP_ADVANTAGE", 8)
+    monkeypatch.setattr(weight_transfer, "_correlate_position_pairs", refuse)
+    transfer_weights(conv, GhostConv2d.like(conv, 2, 3))
