@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
-from .records import RecordKind
 from .ghost_module import check_ghost_params
+from .records import RecordKind
 from .variants import TRANSFERS_WEIGHTS, VARIANTS
 
 CONFIG_VERSION = 2  # 2: reparameterize (records of version 1 were made without it)

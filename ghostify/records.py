@@ -2,7 +2,7 @@
 
 Every record ghostify writes and reads back (the recipe of a saved model, its ``GhostConfig`` and
 deploy record, ``report.json``, a sweep, a distillation checkpoint) names its kind and carries a
-whole-number version that grows when its fields change. ``record_version`` checks both the same
+whole-number version that grows when its fields change. ``RecordKind.version_of`` checks both the same
 way for all of them, so that a wrong file, a hand-edited version or a record from a newer ghostify
 fails with one line the user can act on, and a reader can then upgrade older versions it knows.
 """
