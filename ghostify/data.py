@@ -219,7 +219,8 @@ class ImageFiles(Dataset):
         if self.seed is None:
             return self.transform(image), label
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, self.epoch, index))
+            # the CPU generator alone: torch.manual_seed would also queue a CUDA reseed with a stack trace each time
+            torch.random.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
             return self.transform(image), label
 
     def describe(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 
 import numpy as np
 import pytest
@@ -243,3 +244,73 @@ def test_reestimate_batchnorm_uses_exact_averages():
     torch.testing.assert_close(model[1].running_mean, features.mean((0, 2, 3)), atol=1e-5, rtol=1e-5)
     assert model[1].momentum == 0.1 and not model.training and not model[1].training
     assert reestimate_batchnorm(nn.Conv2d(3, 4, 1), batches) == 0
+
+
+def test_layer_captures_spare_the_prefix_runs_and_change_nothing(pair, monkeypatch):
+    """Each layer's inputs and targets are captured once and reused by the fit's later passes; with no
+    memory for them they are recomputed, with the same result."""
+    calibration = importlib.import_module("ghostify.calibrate")  # the package exports a function of that name
+
+    teacher, start = pair
+    data = images(48, 1)
+
+    def run() -> tuple[nn.Module, int]:
+        student = copy.deepcopy(start)
+        calls = []
+        handle = teacher.block1[0].register_forward_hook(lambda *_: calls.append(1))
+        try:
+            calibrate(student, teacher, data, batch_size=16, block_steps=0, head=False)
+        finally:
+            handle.remove()
+        return student, len(calls)
+
+    cached, cached_calls = run()
+    monkeypatch.setattr(calibration, "_CAPTURE_BYTES", 0)
+    recomputed, recomputed_calls = run()
+    # the teacher runs through block1.0 to capture each of the two layers' targets: once per batch when
+    # kept; else in pass 1, pass 2 and the error check on two batches
+    assert cached_calls == 2 * 3
+    assert recomputed_calls == 2 * (3 + 3 + 2)
+    for (name, a), b in zip(cached.state_dict().items(), recomputed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+class KeywordBlock(nn.Module):
+    """A block called with a keyword argument: its calls cannot be pooled into one minibatch source."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(16)
+
+    def forward(self, x: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
+        return torch.relu(self.norm(self.conv(x))) * scale
+
+
+class KeywordModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = KeywordBlock()
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x), scale=0.5).mean((2, 3)))
+
+
+def test_block_reconstruction_draws_minibatches_from_every_image():
+    from ghostify.calibrate import _pool
+
+    a, b = torch.randn(4, 3), torch.randn(2, 3)
+    pooled = _pool([((a,), {}, a * 2), ((b,), {}, b * 2)])
+    assert torch.equal(pooled[0][0], torch.cat([a, b])) and torch.equal(pooled[1], torch.cat([a, b]) * 2)
+    assert _pool([((a,), {"scale": 0.5}, a)]) is None  # keyword arguments: whole cached calls instead
+    assert _pool([((a, 3), {}, a)]) is None  # a non-tensor argument
+    assert _pool([((a[:1],), {}, a)]) is None  # not one row per image
+
+    torch.manual_seed(0)
+    teacher = KeywordModel().eval()
+    student = ghostify.convert(teacher, ratio=2)
+    result = calibrate(student, teacher, images(32, 3), batch_size=16, block_steps=20, block_batch_size=8, head=False)
+    assert [block.name for block in result.blocks] == ["block"]
+    assert result.blocks[0].error_after <= result.blocks[0].error_before
