@@ -33,9 +33,9 @@ with no 2-D ghost module is refused with a message saying so (distill it instead
 from __future__ import annotations
 
 import time
-from itertools import islice
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import torch
@@ -361,12 +361,33 @@ def _detach(value: Any) -> Any:
 
 
 def _pool(cached: list[tuple[tuple, dict, torch.Tensor]]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor] | None:
-    """The cached calls of a block as one call over every image (its tensor arguments and targets
-    concatenated), when the block takes only per-image tensors; else None."""
+    """The cached calls of a block as one call over every image (tensor arguments and targets
+    concatenated), when the block takes only per-image tensors of one shape; else None.
+
+    The entries of ``cached`` become views of the pooled tensors: memory is not doubled.
+    """
+    first_args, _, first_target = cached[0]
+
+    def same_shape(value: Any, like: torch.Tensor, rows: int) -> bool:
+        return (isinstance(value, torch.Tensor) and value.ndim > 0 and len(value) == rows
+                and value.shape[1:] == like.shape[1:] and value.dtype == like.dtype)
+
     for args, kwargs, target in cached:
-        if kwargs or not all(isinstance(a, torch.Tensor) and a.ndim > 0 and len(a) == len(target) for a in args):
+        if kwargs or len(args) != len(first_args) or not same_shape(target, first_target, len(target)) \
+                or not all(same_shape(a, like, len(target)) for a, like in zip(args, first_args)):
             return None
-    return tuple(torch.cat(parts) for parts in zip(*(args for args, _, _ in cached))), torch.cat([t for _, _, t in cached])
+    total = sum(len(target) for _, _, target in cached)
+    inputs = tuple(a.new_empty((total, *a.shape[1:])) for a in first_args)
+    targets = first_target.new_empty((total, *first_target.shape[1:]))
+    start = 0
+    for index, (args, _, target) in enumerate(cached):
+        end = start + len(target)
+        for pooled, value in zip(inputs, args):
+            pooled[start:end] = value
+        targets[start:end] = target
+        cached[index] = (tuple(pooled[start:end] for pooled in inputs), {}, targets[start:end])
+        start = end
+    return inputs, targets
 
 
 def _reconstruct_block(

@@ -302,11 +302,15 @@ def test_block_reconstruction_draws_minibatches_from_every_image():
     from ghostify.calibrate import _pool
 
     a, b = torch.randn(4, 3), torch.randn(2, 3)
-    pooled = _pool([((a,), {}, a * 2), ((b,), {}, b * 2)])
+    cached = [((a,), {}, a * 2), ((b,), {}, b * 2)]
+    pooled = _pool(cached)
     assert torch.equal(pooled[0][0], torch.cat([a, b])) and torch.equal(pooled[1], torch.cat([a, b]) * 2)
+    # the cached calls now view the pooled tensors (memory is not doubled) and still hold the same values
+    assert cached[1][0][0].data_ptr() == pooled[0][0][4:].data_ptr() and torch.equal(cached[1][2], b * 2)
     assert _pool([((a,), {"scale": 0.5}, a)]) is None  # keyword arguments: whole cached calls instead
     assert _pool([((a, 3), {}, a)]) is None  # a non-tensor argument
     assert _pool([((a[:1],), {}, a)]) is None  # not one row per image
+    assert _pool([((a,), {}, a), ((torch.randn(2, 5),), {}, b)]) is None  # shapes differ between batches
 
     torch.manual_seed(0)
     teacher = KeywordModel().eval()

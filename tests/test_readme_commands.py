@@ -36,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 SHARED_SPLITS = ("train", "val", "test")
 IMAGES_PER_CLASS = 1
-CALIBRATION_BLOCK_STEPS = 20  # instead of 300: the block reconstruction of ResNet-20 alone takes a minute on 2 cores
+CALIBRATION_BLOCK_STEPS = 20  # instead of 600: the block reconstruction of ResNet-20 alone takes a minute on 2 cores
 QUICKSTART_SETUP = "python3 -m venv .venv && .venv/bin/pip install -q -e "
 QUICKSTART_RUN = ".venv/bin/ghostify convert resnet50 --ratio 2"
 QUICKSTART_TESTS = ".venv/bin/python -m pytest -q"
