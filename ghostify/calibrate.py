@@ -1,6 +1,6 @@
 """Calibration: fit every ghost module to the original model's layer outputs, without training.
 
-A few hundred unlabelled images and about a minute for a CIFAR ResNet on a laptop CPU. Layer by
+A few hundred unlabelled images and one to two minutes for a CIFAR ResNet on a 2-core CPU. Layer by
 layer, in the order the model runs them, each ghost module is fitted on the inputs the
 *converted* model feeds it (so earlier approximations are compensated, not compounded) to the
 outputs the *original* conv produces on the same images (FSKD, Li et al. 2020; the "student
