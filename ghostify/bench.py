@@ -18,6 +18,7 @@ from rich.table import Table
 from torch import nn
 
 from .convert import base_form, copy_model, get_plan
+from .deploy import get_deploy_record, to_channels_last
 from .errors import GhostifyError
 from .formatting import parse_whole_numbers, timing_text
 from .measure import LatencyStats, example_input, latency_stats, percentile, resolve_device, time_interleaved
@@ -97,13 +98,17 @@ def bench(
 
     The models are moved to ``device`` in copies; the callers' models stay as they are. When
     ``converted`` was made with its re-parameterisable blocks fused (``GhostConfig.reparameterize``),
-    ``original`` is timed in that form too, so that the speedup is the ghost modules' alone.
+    ``original`` is timed in that form too, so that the speedup is the ghost modules' alone; likewise
+    with channels_last weights when ``converted`` is a deploy form that has them (``ghostify.deploy``).
     ``compile_backend`` is passed to ``torch.compile`` ("inductor" needs a C++ compiler on CPU).
     """
     batch_sizes = parse_batch_sizes(batch_sizes)
     target = resolve_device(device)
     original = base_form(original, get_plan(converted))  # re-parameterisable blocks fused, as in the converted model
     pair = [_on(model, target) for model in (original, converted)]
+    record = get_deploy_record(converted)
+    if record is not None and record.channels_last:  # the same memory layout for both
+        to_channels_last(pair[0])
     modes = MODES if compiled else MODES[:1]
     rows = []
     for mode in modes:

@@ -42,7 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .channel_order import joint_assignment, owners, shares_order
 from .convert import base_form, get_plan
+from .deploy import residual_groups
 from .errors import GhostifyError
 from .ghost_module import CONV_TYPES, GhostConv2d, GhostConv2dBNReLU, is_ghost_module, is_paper_variant
 from .weight_transfer import ChannelAssignment, group_channels
@@ -233,6 +235,11 @@ class _LayerStats:
         p, y = patches.double(), targets.double()
         self.xx = p.T @ p if self.xx is None else self.xx + p.T @ p
         self.xy = p.T @ y if self.xy is None else self.xy + p.T @ y
+        self.add_targets(y)
+
+    def add_targets(self, targets: torch.Tensor) -> None:
+        """Only what ``correlation`` needs."""
+        y = targets.double()
         self.yy = y.T @ y if self.yy is None else self.yy + y.T @ y
         self.y_sum = y.sum(0) if self.y_sum is None else self.y_sum + y.sum(0)
         self.rows += len(y)
@@ -262,6 +269,7 @@ def _rows(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
 def _calibrate_layer(
     name: str, ghost: GhostConv2d, conv: nn.Conv2d, student: nn.Module, teacher: nn.Module,
     images: list[torch.Tensor], *, positions_per_image: int, ridge: float, regroup: bool, seed: int,
+    assignment: ChannelAssignment | None = None,
 ) -> LayerCalibration:
     device = ghost.primary.weight.device
     generator = torch.Generator().manual_seed(seed)
@@ -283,9 +291,9 @@ def _calibrate_layer(
         stats.add(rows.cpu(), _rows(target.flatten(2), keep).cpu())
 
     ratio, out_channels = ghost.ratio, ghost.out_channels
-    if regroup:
+    if assignment is None and regroup:  # (given: the one its residual stream shares, channel_order)
         assignment = group_channels(stats.correlation().pow(2), ratio)
-    else:  # keep the data-free grouping
+    elif assignment is None:  # keep the data-free grouping
         assignment = ChannelAssignment.from_out_index(ghost.out_index.cpu(), ratio)
     sources = torch.tensor(assignment.sources)
     weights = _solve(stats.xx, stats.xy[:, sources], ridge).T  # (m, D [+1])
@@ -593,12 +601,16 @@ def calibrate(
         for block in blocks:
             inside = [name for name, _ in layers if name == block or name.startswith(block + ".")]
             last_layer.setdefault(inside[-1], []).append(block)
+        group_of = _residual_group_of(student)
+        # one grouping per residual group, from all its layers' original outputs (else each layer regroups alone)
+        shared = _shared_assignments(student, teacher, images, group_of, positions_per_image, seed) if regroup else {}
         for index, (name, ghost) in enumerate(layers):
             if progress is not None:
                 progress(name, index, len(layers))
             result.layers.append(_calibrate_layer(
                 name, ghost, teacher_modules[name], student, teacher, images,
                 positions_per_image=positions_per_image, ridge=ridge, regroup=regroup, seed=seed + index,
+                assignment=shared.get(group_of.get(name)),
             ))
             for block in last_layer.get(name, []):
                 errors = _reconstruct_block(block, student, teacher, images, steps=block_steps, lr=block_lr,
@@ -616,6 +628,49 @@ def calibrate(
         progress("done", len(layers), len(layers))
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _residual_group_of(student: nn.Module) -> dict[str, str]:
+    """``{ghost module: its residual group's owner}`` when the conversion shares channel orders, else empty."""
+    plan = get_plan(student)
+    if plan is None or not plan.config.shared_residual_order:
+        return {}
+    groups = residual_groups(student)
+    group_of = owners(groups) | {owner: owner for owner in groups}
+    return {name: owner for name, owner in group_of.items()
+            if shares_order(student.get_submodule(owner), student.get_submodule(name))}
+
+
+@torch.no_grad()
+def _shared_assignments(student: nn.Module, teacher: nn.Module, images: list[torch.Tensor], group_of: dict[str, str],
+                        positions_per_image: int, seed: int) -> dict[str, ChannelAssignment]:
+    """``{owner: assignment}``: the joint grouping of each residual group, from the squared correlations of
+    its layers' original outputs (one pass of the teacher over the images)."""
+    if not group_of:
+        return {}
+    generator = torch.Generator().manual_seed(seed)
+    stats = {name: _LayerStats() for name in group_of}
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
+            flat = output.flatten(2)
+            keep = _sample_positions(flat.shape[2], positions_per_image, generator)
+            stats[name].add_targets(_rows(flat, keep).cpu())
+        return hook
+
+    handles = [teacher.get_submodule(name).register_forward_hook(record(name)) for name in group_of]
+    try:
+        for batch in images:
+            teacher(batch.to(next(teacher.parameters()).device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    shared = {}
+    for owner in set(group_of.values()):
+        names = [name for name, group in group_of.items() if group == owner]
+        ratio = student.get_submodule(owner).ratio
+        shared[owner] = joint_assignment([stats[name].correlation().pow(2) for name in names], ratio)
+    return shared
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from .ghost_module import check_ghost_params
 from .records import RecordKind
 from .variants import TRANSFERS_WEIGHTS, VARIANTS
 
-CONFIG_VERSION = 2  # 2: reparameterize (records of version 1 were made without it)
+CONFIG_VERSION = 3  # 2: reparameterize, 3: shared_residual_order (older records were made without them)
 CONFIG_RECORD = RecordKind("GhostConfig record", "_version", CONFIG_VERSION, "_type", "GhostConfig")
 INIT_MODES = ("transfer", "random")
 # The paper tries d = 1..7; the data-free fit needs O(channels * d**4) memory, so d = 63 on a
@@ -71,6 +71,9 @@ class GhostConfig:
     reparameterize: fuse re-parameterisable blocks (RepVGG, MobileOne, LeViT, a conv + BatchNorm with a
     ``fuse()``) in a copy of the model before converting, so that their convs convert too; the
     converted model is then the inference form (default). False keeps such convs as they are.
+    shared_residual_order: the ghost modules added into one residual stream share one channel
+    assignment, so that the deploy form needs no channel gather at the add (``ghostify.channel_order``;
+    default). False lets each choose its own, which fits its layer a little better.
     """
 
     ratio: int = 2
@@ -85,6 +88,7 @@ class GhostConfig:
     variant: str = "linear"
     init: str | None = None
     reparameterize: bool = True
+    shared_residual_order: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "include", _as_patterns(self.include))
@@ -100,7 +104,7 @@ class GhostConfig:
                 raise ConfigError(f"layer_ratios[{pattern!r}]: {err}") from None
         if isinstance(self.min_channels, bool) or not isinstance(self.min_channels, int) or self.min_channels < 1:
             raise ConfigError(f"min_channels must be a whole number >= 1, got {self.min_channels!r}.")
-        for name in ("skip_stem", "skip_pointwise", "skip_output", "reparameterize"):
+        for name in ("skip_stem", "skip_pointwise", "skip_output", "reparameterize", "shared_residual_order"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if not isinstance(self.variant, str) or self.variant not in VARIANTS:
@@ -138,4 +142,6 @@ class GhostConfig:
             raise ConfigError(f"GhostConfig record has no valid _data mapping (found {type(data).__name__}).")
         if version < 2:
             data = {"reparameterize": False, **data}
+        if version < 3:
+            data = {"shared_residual_order": False, **data}
         return cls.from_options(**data)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .channel_order import share_residual_orders
 from .config import GhostConfig
 from .errors import ConfigError
 from .graph_pass import apply_plan, find_conv_sites
@@ -64,7 +65,7 @@ def convert_(model: nn.Module, config: GhostConfig | None = None, **options: Any
     recorded = _recorded_plan(model, plan)
     if plan.reparameterized:
         reparameterize(model)
-    apply_plan(model, plan, transfer=plan.config.init == "transfer")
+    _apply(model, plan)
     setattr(model, PLAN_ATTRIBUTE, recorded)
     return model
 
@@ -95,9 +96,19 @@ def convert(model: nn.Module, config: GhostConfig | None = None, *, plan: Conver
     converted = copy_model(model)
     if plan.reparameterized:
         reparameterize(converted)
-    apply_plan(converted, plan, transfer=plan.config.init == "transfer")
+    _apply(converted, plan)
     setattr(converted, PLAN_ATTRIBUTE, recorded)
     return converted
+
+
+def _apply(model: nn.Module, plan: ConversionPlan) -> None:
+    """``apply_plan`` with the data-free start; then one channel assignment per residual stream (``ghostify.channel_order``)."""
+    transfer = plan.config.init == "transfer"
+    originals = apply_plan(model, plan, transfer=transfer)
+    if transfer and plan.config.shared_residual_order:
+        refitted = share_residual_orders(model, originals)
+        for layer in plan.converted:
+            layer.fit_error = refitted.get(layer.name, layer.fit_error)
 
 
 def _tensors_in(value: Any, depth: int = 2) -> Iterator[torch.Tensor]:

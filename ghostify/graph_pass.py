@@ -378,9 +378,13 @@ def _output_convs(graph: fx.Graph, modules: dict[str, nn.Module], convs: dict[st
     return found
 
 
-def apply_plan(model: nn.Module, plan: ConversionPlan, *, transfer: bool) -> None:
-    """Swap every layer ``plan`` converts for its ghost module, in place; records fit errors on the plan."""
+def apply_plan(model: nn.Module, plan: ConversionPlan, *, transfer: bool) -> dict[str, nn.Module]:
+    """Swap every layer ``plan`` converts for its ghost module, in place; records fit errors on the plan.
+
+    Returns the plain conv each converted layer computed, by layer name.
+    """
     build = VARIANTS[plan.config.variant]
+    replaced: dict[str, nn.Module] = {}
     dw_size = plan.config.dw_size
     for layer in plan.converted:
         conv = model.get_submodule(layer.name)
@@ -395,4 +399,6 @@ def apply_plan(model: nn.Module, plan: ConversionPlan, *, transfer: bool) -> Non
             layer.fit_error = fit_error
         for name in (layer.name, *layer.aliases):
             model.set_submodule(name, ghost)
+        replaced[layer.name] = plain
+    return replaced
 

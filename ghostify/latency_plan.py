@@ -14,6 +14,8 @@ most 110 % of their time as convs (below 1, only a plan at least that fast is ac
 
 from __future__ import annotations
 
+import copy
+
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from torch import nn
 from .config import GhostConfig
 from .conv_equivalent import equivalent_conv
 from .convert import base_form, plan_conversion
-from .deploy import DeployedGhostConv2d
+from .deploy import DeployedGhostConv2d, to_channels_last
 from .ghost_module import GhostConv2d
 from .variants import VARIANTS
 from .errors import ConfigError
@@ -87,7 +89,8 @@ def plan_for_latency(
     Each candidate layer is timed (median of interleaved runs) as the conv and as a ghost module of
     the same shape on a random input of the shape it gets in ``model`` at ``batch_size``.
     Apply the result with ``ghostify.convert(model, plan=plan)``. ``deploy``: time the ghost module
-    in the form ``ghostify.deploy`` gives it (no channel gather), for a model that will be deployed.
+    in the form ``ghostify.deploy`` gives it (no channel gather; it and the conv channels_last), for a
+    model that will be deployed.
     ``budget``: also convert slower layers until it is met (see the module docstring).
     """
     budget = Budget.parse(budget) if isinstance(budget, str) else budget
@@ -101,9 +104,10 @@ def plan_for_latency(
     for layer in plan.converted:
         conv = equivalent_conv(model.get_submodule(layer.name))
         ghost, _ = build(conv, layer.ratio, plan.config.dw_size, False)  # random weights: timing only
-        if deploy and type(ghost) is GhostConv2d:
-            ghost = DeployedGhostConv2d.empty_like(ghost, gather=False)
         x = torch.randn(shapes[layer.name], generator=generator)
+        if deploy and type(ghost) is GhostConv2d:  # both as the deployed model runs them: channels_last
+            ghost = to_channels_last(DeployedGhostConv2d.empty_like(ghost, gather=False))
+            conv, x = to_channels_last(copy.deepcopy(conv)), x.contiguous(memory_format=torch.channels_last)
         layer.latency_ms = list(time_pair(conv, ghost, x, target))
     candidates = list(plan.converted)
     chosen = _within_budget(model, plan, candidates, budget, input_size) if budget else set()

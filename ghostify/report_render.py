@@ -24,6 +24,7 @@ from rich.text import Text
 
 from .bench import BENCH_CAPTION, BENCH_HEADERS, bench_text_rows
 from .formatting import MISSING, human_bytes, human_count, human_ms, percent_text, ratio_text
+from .selection import reason_kind
 
 MACS_EXPLANATION = "MACs: multiply-accumulates counted by fvcore; one multiply-add = one MAC."
 FIT_ERROR_HEADER = "Fit err"
@@ -216,7 +217,7 @@ def nothing_converted(report: Report) -> str | None:
     """When no conv became a ghost module: say so, with the commonest reason they were kept. None otherwise."""
     if report.convs_converted or not report.layers:
         return None
-    reasons = Counter(row.reason for row in report.layers)
+    reasons = Counter(reason_kind(row.reason) for row in report.layers)
     reason, count = reasons.most_common(1)[0]
     return (f"{NOTHING_CONVERTED}: all {plural(len(report.layers), 'conv')} were kept, so the two models compute "
             f"the same; commonest reason: {reason} ({plural(count, 'layer')}). `ghostify inspect MODEL` lists each reason.")

@@ -38,6 +38,11 @@ def conv_kind(dims: int | None, transposed: bool = False) -> str:
 
 SLOWER_AS_GHOST = "slower as a ghost module"  # the start of the reason --target latency gives a kept layer
 
+
+def reason_kind(reason: str | None) -> str | None:
+    """A kept layer's reason without its own numbers, for counting reasons (timed layers each have theirs)."""
+    return SLOWER_AS_GHOST if (reason or "").startswith(SLOWER_AS_GHOST) else reason
+
 _Layer = TypeVar("_Layer", bound="ConvSite")
 
 
@@ -136,9 +141,7 @@ class ConversionPlan:
             return None
         if not self.layers:
             return "nothing was converted: the model has no conv layer (Conv1d, Conv2d or Conv3d) and no conv call."
-        # timed layers each have their own numbers: count them as one reason
-        counts = Counter(SLOWER_AS_GHOST if (layer.reason or "").startswith(SLOWER_AS_GHOST) else layer.reason
-                         for layer in self.layers)
+        counts = Counter(reason_kind(layer.reason) for layer in self.layers)
         reasons = "; ".join(f"{reason} ({n} layer{'s' if n != 1 else ''})" for reason, n in counts.most_common(most))
         more = f"; and {len(counts) - most} other reasons" if len(counts) > most else ""
         convs = f"{len(self.layers)} conv{'s' if len(self.layers) != 1 else ''}"

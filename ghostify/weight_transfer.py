@@ -25,6 +25,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -176,15 +177,23 @@ def _most_similar(unit: torch.Tensor, k: int, rows_per_chunk: int = 1024) -> tup
     return torch.cat(indices), torch.cat(values).double().clamp_(max=1.0)
 
 
-def assign_channels(
+def assign_channels(weight: torch.Tensor, ratio: int, *args: Any, **options: Any) -> ChannelAssignment:
+    """Data-free grouping of a conv's filters (module docstring, step 1); arguments as ``channel_gains``."""
+    gain, energy = channel_gains(weight, ratio, *args, **options)
+    return group_channels(gain, ratio, source_value=energy)
+
+
+def channel_gains(
     weight: torch.Tensor,
     ratio: int,
     dw_size: int = 3,
     stride: Sequence[int] | None = None,
     dilation: Sequence[int] | None = None,
     candidates: int = 16,
-) -> ChannelAssignment:
-    """Data-free grouping of a conv's filters (module docstring, step 1).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``assign_channels``' objective: the (sparse) gain of each (source, ghost) pair and each filter's
+    energy (what keeping it exact is worth), both relative to the mean filter energy, so that the
+    gains of several convs can be added up for one grouping they share (``ghostify.channel_order``).
 
     ``weight``: (out, in, *kernel) with 1, 2 or 3 spatial dimensions; ``stride`` / ``dilation``
     default to 1 along each. Only the ``candidates`` most similar filters (``|cosine|``) of each
@@ -198,7 +207,7 @@ def assign_channels(
     unit = flat / flat.norm(dim=1).clamp_min(1e-12)[:, None]
     k = min(max(candidates, ratio - 1), n - 1)
     if k == 0:
-        return group_channels(torch.zeros(n, n, dtype=torch.float64), ratio, source_value=energy)
+        return torch.zeros(n, n, dtype=torch.float64).to_sparse(), energy
     nearest, similarity = _most_similar(unit, k)
     src, dst, similarity = torch.arange(n).repeat_interleave(k), nearest.reshape(-1), similarity.reshape(-1)
     if all(size == 1 for size in weight.shape[2:]):  # a 1x1 filter overlaps none of its shifted copies: R^2 = cos^2
@@ -212,8 +221,7 @@ def assign_channels(
     # exact ghosts first: a group that loses nothing beats any trade of energy between groups
     gain = gain + (explained > 1 - _EXACT) * energy.sum()
     # the objective is the output energy reproduced: exact sources plus the explained part of ghosts
-    sparse_gain = torch.sparse_coo_tensor(torch.stack([src, dst]), gain, (n, n), check_invariants=True)
-    return group_channels(sparse_gain, ratio, source_value=energy)
+    return torch.sparse_coo_tensor(torch.stack([src, dst]), gain, (n, n), check_invariants=True).coalesce(), energy
 
 
 def _per_dim(value: Sequence[int] | int | None, weight: torch.Tensor) -> tuple[int, ...]:
@@ -413,13 +421,15 @@ def fit_cheap_kernels(
 
 
 @torch.no_grad()
-def transfer_weights(conv: nn.Module, ghost: _GhostConvNd) -> float:
+def transfer_weights(conv: nn.Module, ghost: _GhostConvNd, assignment: ChannelAssignment | None = None) -> float:
     """Initialise ``ghost`` from ``conv`` (module docstring) and return the relative fit error of the ghost filters.
 
     ``conv``: an ``nn.Conv1d``, ``Conv2d`` or ``Conv3d`` (``groups == 1``) with the ghost module's dims.
+    ``assignment``: use this grouping of the filters instead of choosing one (step 1).
     """
     ratio = ghost.ratio
-    assignment = assign_channels(conv.weight, ratio, ghost.dw_size, conv.stride, conv.dilation)
+    if assignment is None:
+        assignment = assign_channels(conv.weight, ratio, ghost.dw_size, conv.stride, conv.dilation)
     kernels, rel_error = fit_cheap_kernels(
         conv.weight, assignment, ratio, ghost.dw_size, conv.stride, conv.dilation
     )

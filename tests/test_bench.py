@@ -49,6 +49,23 @@ def test_speedup_spread_comes_from_paired_runs(monkeypatch):
     assert ratios[0] <= row.speedup_p10 <= row.speedup_p90 <= ratios[-1]
 
 
+def test_a_channels_last_deploy_form_is_timed_against_a_channels_last_original(monkeypatch):
+    layouts = []
+
+    def fake_timing(models, inputs, **_):
+        layouts.append([next(m.parameters()).is_contiguous(memory_format=torch.channels_last) for m in models])
+        return [[1.0], [1.0]], torch.device("cpu"), 1
+
+    monkeypatch.setattr(sys.modules["ghostify.bench"], "time_interleaved", fake_timing)
+    original = tiny()
+    converted = ghostify.convert(original, skip_stem=False)
+    for deployed, expected in ((ghostify.deploy(converted), [True, True]),
+                               (ghostify.deploy(converted, channels_last=False), [False, False]), (converted, [False, False])):
+        bench(original, deployed, (3, 8, 8), batch_sizes=(1,), repeats=1)
+        assert layouts.pop() == expected
+    assert next(original.parameters()).is_contiguous()  # the caller's model is untouched
+
+
 @pytest.mark.parametrize("sizes", ["0", "1,x", ""])
 def test_bad_batch_sizes(sizes):
     with pytest.raises(ConfigError, match="batch sizes must be whole numbers"):

@@ -113,9 +113,9 @@ def test_output_directory_is_not_overwritten_without_force(tmp_path) -> None:
 
 
 SELECTION = ["--dw-size", "5", "--include", "layer2.*", "--exclude", "layer2.0.conv1", "--min-channels", "16",
-             "--convert-stem", "--convert-output", "--keep-training-form", "--skip-pointwise"]
+             "--convert-stem", "--convert-output", "--keep-training-form", "--skip-pointwise", "--free-channel-order"]
 SELECTED = {"dw_size": 5, "include": ["layer2.*"], "exclude": ["layer2.0.conv1"], "min_channels": 16, "skip_stem": False,
-            "skip_output": False, "reparameterize": False, "skip_pointwise": True}
+            "skip_output": False, "reparameterize": False, "skip_pointwise": True, "shared_residual_order": False}
 
 
 def test_every_selection_option_reaches_the_config_of_convert_sweep_and_inspect(tmp_path) -> None:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import ghostify
 from ghostify.cli import app
-from ghostify.deploy import DeployedGhostConv2d, DeployRecord, deploy
+from ghostify.deploy import DeployedGhostConv2d, DeployRecord, deploy, to_channels_last
 from ghostify.ghost_module import GhostConv1d, GhostConv3d
 from ghostify.errors import ConfigError
 
@@ -185,12 +185,41 @@ def test_a_product_or_add_takes_the_order_by_permuting_the_other_operands_conv(m
     deployed = deploy(converted)
     layers = {layer.name: layer for layer in deployed.ghostify_deploy.layers}
     assert not layers[owner].gather and layers[joined].gather
-    assert layers[joined].reasons[-1] == f"gathers into the channel order of {owner}, whose region it joins"
+    assert layers[joined].reasons[-1].startswith(f"gathers into the channel order of {owner}, whose region it joins")
     with torch.no_grad():
         expected = converted(x)
         assert (deployed(x) - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
         for name in consumers:  # their weights now read the owner's order
             assert not torch.equal(input_weight(deployed, name), input_weight(converted, name))
+
+
+class SharedReLU(nn.Module):
+    """One ReLU module called after every BN, as torchvision's ResNet blocks do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv_a, self.bn_a = nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.conv_b, self.bn_b = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.stem(x))
+        x = self.relu(self.bn_a(self.conv_a(x)))
+        return self.head(self.relu(self.bn_b(self.conv_b(x))))
+
+
+def test_a_parameter_free_module_called_several_times_passes_the_order_on():
+    torch.manual_seed(0)
+    model = trained_like_norms(SharedReLU())
+    converted = convert_all(model, exclude=["stem", "head"])
+    deployed = deploy(converted)
+    assert deployed.ghostify_deploy.gathers == 0
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = converted(x)
+        assert (deployed(x) - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
 
 
 def input_weight(model: nn.Module, name: str) -> torch.Tensor:
@@ -262,11 +291,42 @@ def test_deployed_model_saves_loads_and_exports(tmp_path):
     assert isinstance(loaded.conv, DeployedGhostConv2d) and isinstance(loaded.bn, nn.Identity)
     assert loaded.conv.shifted and not loaded.conv.gather
     assert DeployRecord.from_dict(loaded.ghostify_deploy.to_dict()) == deployed.ghostify_deploy
+    assert loaded.ghostify_deploy.channels_last and loaded.conv.primary.weight.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         expected = deployed(x)
         assert torch.equal(loaded(x), expected)
         exported = torch.export.export(deployed, (x,)).module()
         assert torch.allclose(exported(x), expected, atol=1e-6)
+
+
+def test_the_deploy_form_runs_channels_last_unless_asked_not_to():
+    torch.manual_seed(0)
+    model = trained_like_norms(Chain(3, 8, 3, 1, 1, 1, False))
+    converted = convert_all(model, include=["conv"])
+    x = torch.randn(2, 3, 8, 8)  # an ordinary NCHW input
+    nhwc, nchw = deploy(converted), deploy(converted, channels_last=False)
+    assert nhwc.ghostify_deploy.channels_last and not nchw.ghostify_deploy.channels_last
+    assert nhwc.ghostify_deploy.summary().endswith(", channels_last")
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in nhwc.parameters() if w.dim() == 4)
+    assert all(w.is_contiguous() for w in nchw.parameters())
+    seen = []
+    nhwc.conv.register_forward_hook(lambda module, args, out: seen.append(out.is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        expected = converted(x)
+        for deployed in (nhwc, nchw):
+            assert torch.allclose(deployed(x), expected, atol=1e-5, rtol=1e-4)
+    assert seen == [True]  # the shifted copy into the output keeps the layout
+    old = nhwc.ghostify_deploy.to_dict()
+    old["version"] = 1
+    del old["channels_last"]
+    assert DeployRecord.from_dict(old).channels_last is False  # records written before it: NCHW
+
+
+def test_channels_last_leaves_tensors_that_are_not_4d_alone():
+    model = nn.Sequential(nn.Conv3d(2, 4, 3), nn.Conv1d(4, 4, 1), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    to_channels_last(model)
+    assert model[0].weight.is_contiguous() and model[1].weight.is_contiguous()
+    assert model[2].weight.is_contiguous(memory_format=torch.channels_last) and not model[2].weight.is_contiguous()
 
 
 def test_onnx_round_trip_of_converted_and_deployed_models():

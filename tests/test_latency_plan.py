@@ -8,6 +8,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 import ghostify
+from ghostify.report_render import nothing_converted
 from ghostify.cli import app
 from ghostify.errors import ConfigError
 from ghostify.report_html import render_html
@@ -47,17 +48,26 @@ def test_when_every_timed_layer_is_slower_nothing_is_converted_and_the_warning_c
     assert not plan.converted
     assert plan.why_nothing_converted().startswith(
         "nothing was converted (3 convs): slower as a ghost module (2 layers); stem conv (skip_stem) (1 layer).")
+    model = tiny()
+    report = ghostify.compare(model, ghostify.convert(model, plan=plan), (3, 16, 16))
+    assert "commonest reason: slower as a ghost module (2 layers)" in nothing_converted(report)
 
 
 def test_a_plan_for_deployment_times_the_deploy_form():
     seen = []
 
     def fake_timer(conv, ghost, x, device):
-        seen.append((type(ghost).__name__, getattr(ghost, "gather", None)))
+        nhwc = torch.channels_last
+        layouts = (x.is_contiguous(memory_format=nhwc), conv.weight.is_contiguous(memory_format=nhwc),
+                   ghost.primary.weight.is_contiguous(memory_format=nhwc))
+        seen.append((type(ghost).__name__, getattr(ghost, "gather", None), layouts))
         return 2.0, 1.0
 
-    plan = ghostify.plan_for_latency(tiny(), input_size=(3, 16, 16), timer=fake_timer, deploy=True)
-    assert seen == [("DeployedGhostConv2d", False)] * 2 and len(plan.converted) == 2
+    model = tiny()
+    plan = ghostify.plan_for_latency(model, input_size=(3, 16, 16), timer=fake_timer, deploy=True)
+    # timed as the deployed model runs: channels_last input and weights, no gather
+    assert seen == [("DeployedGhostConv2d", False, (True, True, True))] * 2 and len(plan.converted) == 2
+    assert all(m.weight.is_contiguous() for m in model.modules() if isinstance(m, nn.Conv2d))  # the model is untouched
 
 
 def test_the_report_shows_each_timed_layer_conv_and_ghost_time():
