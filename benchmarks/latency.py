@@ -3,6 +3,7 @@
     python benchmarks/latency.py                       # CPU, default models
     python benchmarks/latency.py --threads 2 --every-conv --models timm:resnet50@224 --ratios 2 --batch-sizes 1,16
     python benchmarks/latency.py --device cuda --batch-sizes 1,32
+    python benchmarks/latency.py --threads 2 --every-conv --models timm:resnet50@224 --ratios 2 --compile
 
 Prints, per model, batch size and ratio: median latency (ms) of the original, of the converted
 model as ``ghostify.convert`` returns it (train form) and of its deploy form (``ghostify.deploy``:
@@ -13,7 +14,8 @@ weights channels_last as the deploy form has them (``ghostify.deploy.to_channels
 fairest baseline ("vs best"). Random-weight models get trained-like BatchNorm statistics first
 (timm starts some BN scales at zero, which no trained model has and which ``deploy`` cannot fold).
 The converted models start from the original weights (``init="transfer"``), so their channel
-assignments are the ones a user's conversion has.
+assignments are the ones a user's conversion has. ``--compile`` also times every model under
+``torch.compile`` (default inductor backend; on CPU it needs a C++ compiler and takes minutes).
 """
 
 from __future__ import annotations
@@ -67,11 +69,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--every-conv", action="store_true", help="convert the stem and output convs too (as the paper's counts)")
+    parser.add_argument("--compile", action="store_true", help="also time every model under torch.compile")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"device={args.device} threads={torch.get_num_threads()} repeats={args.repeats} torch={torch.__version__}")
-    header = (f"{'model':<16} {'batch':>5} {'ratio':>5} {'MACs/img':>9} {'orig ms':>8} {'orig+fold':>9} {'fold+NHWC':>9} "
+    header = (f"{'model':<16} {'mode':>8} {'batch':>5} {'ratio':>5} {'MACs/img':>9} {'orig ms':>8} {'orig+fold':>9} {'fold+NHWC':>9} "
               f"{'ghost ms':>8} {'deploy ms':>9} {'ghost x':>7} {'deploy x':>8} {'vs fold':>7} {'vs best':>7}")
     print(header)
     print("-" * len(header))
@@ -94,16 +97,18 @@ def main() -> None:
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             x = example_input(input_size, batch)
             for ratio, ghost in converted.items():
-                candidates = [model, ghost, deployed[ratio], best] + ([fused] if fused is not None else [])
-                stats = measure_latencies(candidates, x, warmup=args.warmup, repeats=args.repeats, device=args.device)
-                orig, train, deploy, nhwc = (s.median_ms for s in stats[:4])
-                fold = stats[4].median_ms if fused is not None else float("nan")
-                macs = count_macs(deployed[ratio], one).total
-                print(
-                    f"{name[-16:]:<16} {batch:>5} {ratio:>5} {macs / 1e9:>8.3f}G {orig:>8.2f} {fold:>9.2f} {nhwc:>9.2f} "
-                    f"{train:>8.2f} {deploy:>9.2f} {orig / train:>6.2f}x {orig / deploy:>7.2f}x {fold / deploy:>6.2f}x "
-                    f"{nhwc / deploy:>6.2f}x"
-                )
+                eager = [model, ghost, deployed[ratio], best] + ([fused] if fused is not None else [])
+                for mode in ("eager", "compiled") if args.compile else ("eager",):
+                    candidates = eager if mode == "eager" else [torch.compile(m) for m in eager]
+                    stats = measure_latencies(candidates, x, warmup=args.warmup, repeats=args.repeats, device=args.device)
+                    orig, train, deploy, nhwc = (s.median_ms for s in stats[:4])
+                    fold = stats[4].median_ms if fused is not None else float("nan")
+                    macs = count_macs(deployed[ratio], one).total
+                    print(
+                        f"{name[-16:]:<16} {mode:>8} {batch:>5} {ratio:>5} {macs / 1e9:>8.3f}G {orig:>8.2f} {fold:>9.2f} "
+                        f"{nhwc:>9.2f} {train:>8.2f} {deploy:>9.2f} {orig / train:>6.2f}x {orig / deploy:>7.2f}x "
+                        f"{fold / deploy:>6.2f}x {nhwc / deploy:>6.2f}x", flush=True,
+                    )
         print(f"{name} original: {count_macs(model, one).total / 1e9:.3f}G MACs/img")
 
 
