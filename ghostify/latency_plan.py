@@ -14,8 +14,6 @@ most 110 % of their time as convs (below 1, only a plan at least that fast is ac
 
 from __future__ import annotations
 
-import copy
-
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from torch import nn
 
 from .config import GhostConfig
 from .conv_equivalent import equivalent_conv
-from .convert import base_form, plan_conversion
+from .convert import base_form, copy_model, plan_conversion
 from .deploy import DeployedGhostConv2d, to_channels_last
 from .ghost_module import GhostConv2d
 from .variants import VARIANTS
@@ -107,7 +105,7 @@ def plan_for_latency(
         x = torch.randn(shapes[layer.name], generator=generator)
         if deploy and type(ghost) is GhostConv2d:  # both as the deployed model runs them: channels_last
             ghost = to_channels_last(DeployedGhostConv2d.empty_like(ghost, gather=False))
-            conv, x = to_channels_last(copy.deepcopy(conv)), x.contiguous(memory_format=torch.channels_last)
+            conv, x = to_channels_last(copy_model(conv)), x.contiguous(memory_format=torch.channels_last)
         layer.latency_ms = list(time_pair(conv, ghost, x, target))
     candidates = list(plan.converted)
     chosen = _within_budget(model, plan, candidates, budget, input_size) if budget else set()
