@@ -3,7 +3,7 @@
 from .bench import BenchReport, bench
 from .calibrate import CalibrationResult, calibrate
 from .config import GhostConfig
-from .convert import base_form, convert, convert_, get_plan, plan_conversion
+from .convert import base_form, convert, convert_, plan_conversion
 from .data import InputPipeline
 from .deploy import DeployedGhostConv2d, DeployRecord, deploy
 from .distill import DistillConfig, DistillResult, distill
@@ -15,7 +15,7 @@ from .latency_plan import plan_for_latency
 from .models import ResolvedModel, resolve_model
 from .reparameterize import reparameterize
 from .report import ComparisonReport, compare
-from .selection import ConversionPlan, LayerPlan
+from .selection import ConversionPlan, LayerPlan, get_plan
 from .serialization import load, save
 from .sweep import SweepReport, sweep
 from .variants import register_variant

@@ -17,7 +17,9 @@ import torch
 from rich.table import Table
 from torch import nn
 
-from .convert import base_form, copy_model, get_plan
+from .convert import base_form
+from .graph_pass import copy_model
+from .selection import get_plan
 from .deploy import get_deploy_record, to_channels_last
 from .errors import GhostifyError
 from .formatting import parse_whole_numbers, timing_text

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .channel_order import joint_assignment, owners, shares_order
-from .convert import base_form, get_plan
+from .convert import base_form
+from .selection import get_plan
 from .deploy import residual_groups
 from .errors import GhostifyError
 from .ghost_module import CONV_TYPES, GhostConv2d, GhostConv2dBNReLU, is_ghost_module, is_paper_variant

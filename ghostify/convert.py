@@ -6,21 +6,17 @@ so an error never leaves a model half converted.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
 from typing import Any
 
-import torch
 from torch import nn
 
 from .channel_order import share_residual_orders
 from .config import GhostConfig
 from .errors import ConfigError
-from .graph_pass import apply_plan, find_conv_sites
+from .graph_pass import apply_plan, copy_model, find_conv_sites
 from .reparameterize import reparameterisable_blocks, reparameterize
-from .selection import ConversionPlan, plan_layers
+from .selection import PLAN_ATTRIBUTE, ConversionPlan, get_plan, plan_layers
 
-PLAN_ATTRIBUTE = "ghostify_plan"
 
 
 def plan_conversion(model: nn.Module, config: GhostConfig | None = None, **options: Any) -> ConversionPlan:
@@ -109,36 +105,3 @@ def _apply(model: nn.Module, plan: ConversionPlan) -> None:
         refitted = share_residual_orders(model, originals)
         for layer in plan.converted:
             layer.fit_error = refitted.get(layer.name, layer.fit_error)
-
-
-def _tensors_in(value: Any, depth: int = 2) -> Iterator[torch.Tensor]:
-    """Tensors held by a module attribute: the value itself, or inside dicts, lists and tuples."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif depth > 0 and isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors_in(item, depth - 1)
-    elif depth > 0 and isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensors_in(item, depth - 1)
-
-
-def copy_model(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy(model)``, also for a model that ran a forward pass with autograd on.
-
-    Some models cache tensors computed in forward (timm's LeViT keeps an attention-bias cache);
-    such tensors carry autograd history, which ``deepcopy`` refuses ("Only Tensors created
-    explicitly by the user support the deepcopy protocol"). The copy gets them detached.
-    """
-    memo: dict[int, Any] = {}
-    for module in model.modules():
-        for value in vars(module).values():
-            for tensor in _tensors_in(value):
-                if not tensor.is_leaf:
-                    memo[id(tensor)] = tensor.detach().clone()
-    return copy.deepcopy(model, memo)
-
-
-def get_plan(model: nn.Module) -> ConversionPlan | None:
-    """The plan ``convert`` applied to ``model``, or None if it was not made by ghostify."""
-    return getattr(model, PLAN_ATTRIBUTE, None)

@@ -41,7 +41,9 @@ from torch import fx, nn
 
 from .errors import ConfigError
 from .ghost_module import GhostConv2d, intrinsic_channels, mirror_conv_geometry
+from .graph_pass import copy_model, trace  # trace keeps convs and ghost modules whole
 from .records import RecordKind
+from .selection import PLAN_ATTRIBUTE, get_plan
 
 DEPLOY_ATTRIBUTE = "ghostify_deploy"
 DEPLOY_RECORD_VERSION = 2  # 2: channels_last (records of version 1 were made without it)
@@ -418,8 +420,6 @@ def _norm_to_fold(node: fx.Node, modules: dict[str, nn.Module], calls: dict[str,
 
 
 def _plan_folds(model: nn.Module, fold_norms: bool, fold_order: bool) -> list[_Fold]:
-    from .graph_pass import trace  # the tracer that keeps convs and ghost modules whole
-
     names = [name for name, module in model.named_modules() if type(module) is GhostConv2d]
     try:
         graph = trace(model)
@@ -563,8 +563,6 @@ def deploy(model: nn.Module, *, fold_norms: bool = True, fold_order: bool = True
     ``channels_last``: store the 4-D weights NHWC (``to_channels_last``; default). ResNet-50, 2-core
     CPU: the deploy form runs 1.2x (batch 1) to 1.35x (batch 16) faster with it, the original 1.05-1.3x.
     """
-    from .convert import PLAN_ATTRIBUTE, copy_model, get_plan
-
     if get_deploy_record(model) is not None or any(isinstance(m, DeployedGhostConv2d) for m in model.modules()):
         raise ConfigError("the model is already in deploy form.")
     if get_plan(model) is None and not any(type(m) is GhostConv2d for m in model.modules()):

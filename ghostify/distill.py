@@ -31,7 +31,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .calibrate import check_teacher_fits, reconstruction_blocks
-from .convert import base_form, copy_model, get_plan
+from .convert import base_form
+from .graph_pass import copy_model
+from .selection import get_plan
 from .data import AUGMENTATIONS, InputPipeline, as_dataset, check_labels, sample_seed
 from .errors import ConfigError, GhostifyError
 from .ghost_module import is_ghost_module

@@ -402,3 +402,30 @@ def apply_plan(model: nn.Module, plan: ConversionPlan, *, transfer: bool) -> dic
         replaced[layer.name] = plain
     return replaced
 
+
+def _tensors_in(value: Any, depth: int = 2) -> Iterator[torch.Tensor]:
+    """Tensors held by a module attribute: the value itself, or inside dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif depth > 0 and isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors_in(item, depth - 1)
+    elif depth > 0 and isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors_in(item, depth - 1)
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, also for a model that ran a forward pass with autograd on.
+
+    Some models cache tensors computed in forward (timm's LeViT keeps an attention-bias cache);
+    such tensors carry autograd history, which ``deepcopy`` refuses ("Only Tensors created
+    explicitly by the user support the deepcopy protocol"). The copy gets them detached.
+    """
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            for tensor in _tensors_in(value):
+                if not tensor.is_leaf:
+                    memo[id(tensor)] = tensor.detach().clone()
+    return copy.deepcopy(model, memo)

@@ -24,7 +24,8 @@ from torch import nn
 
 from .config import GhostConfig
 from .conv_equivalent import equivalent_conv
-from .convert import base_form, copy_model, plan_conversion
+from .convert import base_form, plan_conversion
+from .graph_pass import copy_model
 from .deploy import DeployedGhostConv2d, to_channels_last
 from .ghost_module import GhostConv2d
 from .variants import VARIANTS

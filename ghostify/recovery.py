@@ -22,7 +22,8 @@ from torch.utils.data import Dataset
 
 from .calibrate import calibrate as calibrate_model
 from .calibrate import calibration_layers, check_teacher_fits
-from .convert import base_form, get_plan
+from .convert import base_form
+from .selection import get_plan
 from .data import InputPipeline, as_dataset, check_labels
 from .deploy import get_deploy_record
 from .distill import agreement_and_accuracy, num_classes

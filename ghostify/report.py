@@ -25,7 +25,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from . import report_render as render
-from .convert import base_form, get_plan
+from .convert import base_form
+from .selection import get_plan
 from .deploy import get_deploy_record
 from .errors import GhostifyError
 from .evaluate import AccuracyStats, evaluate

@@ -350,3 +350,11 @@ def plan_layers(sites: Sequence[ConvSite], config: GhostConfig, trace: str, trac
             )
         )
     return ConversionPlan(layers=layers, config=config, trace=trace, trace_note=trace_note)
+
+
+PLAN_ATTRIBUTE = "ghostify_plan"  # where convert records its plan on the model it returns
+
+
+def get_plan(model: nn.Module) -> ConversionPlan | None:
+    """The plan ``convert`` applied to ``model``, or None if it was not made by ghostify."""
+    return getattr(model, PLAN_ATTRIBUTE, None)

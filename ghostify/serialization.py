@@ -17,7 +17,8 @@ from typing import Any
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .convert import PLAN_ATTRIBUTE, copy_model, get_plan
+from .graph_pass import copy_model
+from .selection import PLAN_ATTRIBUTE, get_plan
 from .deploy import DeployRecord, apply_deploy_record, get_deploy_record
 from .errors import CheckpointError, GhostifyError, ModelSpecError
 from .graph_pass import apply_plan
