@@ -322,6 +322,28 @@ def test_the_deploy_form_runs_channels_last_unless_asked_not_to():
     assert DeployRecord.from_dict(old).channels_last is False  # records written before it: NCHW
 
 
+@pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 1), (1, 2)])
+def test_channels_last_inference_on_cpu_goes_straight_to_onednn_and_matches_the_train_form(monkeypatch, stride, dilation):
+    """At batch 1 on small maps PyTorch would pick its native conv, which reorders channels_last inputs."""
+    torch.manual_seed(0)
+    model = trained_like_norms(Chain(4, 8, 3, stride, 1, dilation, False))
+    converted = convert_all(model, include=["conv"])
+    nhwc, nchw = deploy(converted), deploy(converted, channels_last=False)
+    direct, calls = torch.mkldnn_convolution, []
+    monkeypatch.setattr(torch, "mkldnn_convolution", lambda *args: calls.append(args[0].shape) or direct(*args))
+    x = torch.randn(1, 4, 10, 10).contiguous(memory_format=torch.channels_last)  # (the 1x1 stem keeps an NCHW input NCHW)
+    with torch.no_grad():
+        expected = converted(x)
+        got = nhwc(x)
+        assert calls == [(1, 4, 10, 10)]  # the primary conv of the one ghost module
+        assert got.is_contiguous(memory_format=torch.channels_last) or got.shape[-1] == 1
+        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
+        assert torch.allclose(nchw(x.contiguous()), expected, atol=1e-5, rtol=1e-4)  # NCHW: PyTorch's own choice
+        traced = torch.jit.trace(nhwc, x, check_trace=False)  # traced (scripted, compiled, exported) forms keep F.conv2d
+        assert torch.allclose(traced(x), expected, atol=1e-5, rtol=1e-4)
+        assert "mkldnn_convolution" not in str(traced.inlined_graph) and len(calls) == 1
+
+
 def test_channels_last_leaves_tensors_that_are_not_4d_alone():
     model = nn.Sequential(nn.Conv3d(2, 4, 3), nn.Conv1d(4, 4, 1), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
     to_channels_last(model)
