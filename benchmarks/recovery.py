@@ -8,6 +8,7 @@ distillation (on ``train/`` + ``val/``). Wall-clock times are for the whole stag
     python benchmarks/recovery.py --model resnet32 --ratio 2 --epochs 40 --device cuda
     python benchmarks/recovery.py --model resnet20 --ratio 2 --calibrate-only
     python benchmarks/recovery.py --model resnet20 --ratio 2 --minutes 5 --keep-best   # val/ held out
+    python benchmarks/recovery.py --tune --model resnet20 --ratio 2 --epochs 40 --no-calibrate   # choosing settings
 
 ``--keep-best`` distils on ``train/`` only and passes ``val/`` as held-out data, so that the
 student ends with the weights that agree best on ``val/`` (``DistillConfig.keep_best``); ``test/``
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=None, help="time budget for the whole run")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--calibrate-only", action="store_true")
+    parser.add_argument("--no-calibrate", action="store_true", help="distil from the data-free start (no calibration)")
     parser.add_argument("--tune", action="store_true", help="distil on train/ only and measure on val/ (for choosing settings)")
     parser.add_argument("--keep-best", action="store_true", help="distil on train/ only, keep the weights that agree best on val/")
     parser.add_argument("--device", default="cpu")
@@ -83,9 +85,10 @@ def main() -> None:
               f"agreement {agreement:6.1%}  elapsed {rows[-1]['elapsed_s']:7.1f} s", flush=True)
 
     measure("converted (data-free)")
-    calibration = ghostify.calibrate(student, teacher, [data / "train"], pipeline=CIFAR)
-    print(f"calibration: {calibration.images} images, {calibration.seconds:.1f} s", flush=True)
-    measure("calibrated")
+    if not args.no_calibrate:
+        calibration = ghostify.calibrate(student, teacher, [data / "train"], pipeline=CIFAR)
+        print(f"calibration: {calibration.images} images, {calibration.seconds:.1f} s", flush=True)
+        measure("calibrated")
     if not args.calibrate_only:
         if args.minutes:  # what is left of the budget, less the final measurement, is distillation's (DistillConfig.minutes)
             options["minutes"] = max(1e-3, (args.minutes * 60 - (time.perf_counter() - start) - 15) / 60)
@@ -97,7 +100,8 @@ def main() -> None:
                 print(f"budget: {info['epoch_seconds']:.1f} s per epoch -> {info['epochs']} epochs in the "
                       f"{info['minutes'] * 60:.0f} s left", flush=True)
             if event == "epoch":
-                print(f"  epoch {info['epoch']:3d}  loss {info['loss']:.3f}  train agreement {info['train_agreement']:.1%}  "
+                held_out = f"  val/ agreement {info['val_agreement']:.1%}" if info.get("val_agreement") is not None else ""
+                print(f"  epoch {info['epoch']:3d}  loss {info['loss']:.3f}  train agreement {info['train_agreement']:.1%}{held_out}  "
                       f"{info['seconds']:.1f} s", flush=True)
 
         result = distill(student, teacher, train, pipeline=CIFAR, device=args.device, progress=show,
@@ -107,7 +111,7 @@ def main() -> None:
         print(f"distillation: {epochs} epochs, {result.seconds:.1f} s ({result.config})", flush=True)
         if result.kept_epoch is not None:
             agreements = [result.start_val_agreement] + [record.val_agreement for record in result.history]
-            print(f"kept epoch {result.kept_epoch} (0: the calibrated start) of val/ agreements "
+            print(f"kept epoch {result.kept_epoch} (0: the start) of val/ agreements "
                   f"{', '.join(f'{a:.1%}' for a in agreements)}", flush=True)
         measure(f"distilled ({epochs} epochs)")
     total = time.perf_counter() - start

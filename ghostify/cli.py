@@ -30,7 +30,7 @@ from .convert import convert as convert_model
 from .convert import plan_conversion
 from .data import InputPipeline
 from .deploy import deploy as deploy_model
-from .distill import DistillConfig
+from .distill import RECIPES, RETRAIN_FROM_EPOCHS, DistillConfig
 from .errors import ConfigError, GhostifyError
 from .evaluate import AccuracyStats, image_folder
 from .formatting import MISSING, display_spec, human_count, parse_input_size, percent_text, saving_percent, shorten
@@ -137,7 +137,8 @@ StdOpt = Annotated[Optional[str], _value("--std", metavar="S,S,S", help="Per-cha
 MinutesOpt = Annotated[Optional[float], _value("--minutes", metavar="M", help="A time budget for distillation instead of --epochs: a short timed probe decides how many epochs fit on this machine; e.g. --minutes 5 (default: off, --epochs rules).")]
 EpochsOpt = Annotated[Optional[int], _value("--epochs", metavar="N", min=1, help=f"Distillation epochs; e.g. --epochs 30 (default {_TRAINING.epochs}).")]
 BatchSizeOpt = Annotated[Optional[int], _value("--batch-size", metavar="N", min=1, help=f"Distillation batch size; e.g. --batch-size 64 (default {_TRAINING.batch_size}).")]
-LrOpt = Annotated[Optional[float], _value("--lr", metavar="LR", help=f"Peak learning rate of distillation; e.g. --lr 3e-4 (default {_TRAINING.lr}).")]
+LrOpt = Annotated[Optional[float], _value("--lr", metavar="LR", help="Peak learning rate of distillation; e.g. --lr 3e-4 (default: the recipe's, " + " or ".join(f"{value['lr']:g} to {name}" for name, value in RECIPES.items()) + ").")]
+RecipeOpt = Annotated[Optional[str], _value("--recipe", metavar="KIND", help=f"How distillation trains the ghost model: retrain (SGD, BatchNorm statistics updated: best from about {RETRAIN_FROM_EPOCHS} epochs on), finetune (AdamW, statistics frozen: keeps the calibration, best for a few epochs) or auto (retrain from {RETRAIN_FROM_EPOCHS} epochs on); e.g. --recipe finetune (default {_TRAINING.recipe}).")]
 AugmentOpt = Annotated[Optional[str], _value("--augment", metavar="KIND", help=f"Training images' augmentation: crop-flip (random crops and flips) or trivialaugment (that plus one random TrivialAugment op per image); e.g. --augment trivialaugment (default {_TRAINING.augment}).")]
 SeedOpt = Annotated[Optional[int], _value("--seed", metavar="N", min=0, help="Seed of every random choice of calibration and distillation; e.g. --seed 1 (default 0).")]
 CalibrationSamplesOpt = Annotated[Optional[int], _value("--calibration-samples", metavar="N", min=1, help=f"Images of --data that calibration fits on; e.g. --calibration-samples 1024 (default {CALIBRATION_SAMPLES}).")]
@@ -380,7 +381,7 @@ def _resolve(model: str, checkpoint: Path | None, trust: bool, pretrained: bool,
 # ----- calibration and distillation ---------------------------------------------------------------
 
 def _training_options(epochs: int | None, batch_size: int | None, lr: float | None, seed: int | None,
-                      augment: str | None, minutes: float | None = None) -> dict[str, Any]:
+                      augment: str | None, minutes: float | None = None, recipe: str | None = None) -> dict[str, Any]:
     """The ``DistillConfig`` fields given on the command line (the rest keep their defaults)."""
     if lr is not None and not (math.isfinite(lr) and lr > 0):
         raise ConfigError(f"--lr must be a number > 0, got {lr}.")
@@ -388,7 +389,8 @@ def _training_options(epochs: int | None, batch_size: int | None, lr: float | No
         raise ConfigError(f"--minutes must be a number > 0, got {minutes}.")
     if minutes is not None and epochs is not None:
         raise ConfigError("pass --epochs or --minutes, not both: --minutes chooses the number of epochs.")
-    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "augment": augment, "minutes": minutes}
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "augment": augment, "minutes": minutes,
+             "recipe": recipe}
     options = {name: value for name, value in given.items() if value is not None}
     DistillConfig(**options)  # out-of-range values fail now, before any slow work
     return options
@@ -440,6 +442,7 @@ def convert(
     minutes: MinutesOpt = None,
     batch_size: BatchSizeOpt = None,
     lr: LrOpt = None,
+    recipe: RecipeOpt = None,
     augment: AugmentOpt = None,
     seed: SeedOpt = None,
     resume: ResumeOpt = False,
@@ -464,7 +467,7 @@ def convert(
         config = _config(ratio, selection, variant=variant.value, init=init.value if init is not None else None)
         size = explicit_size = parse_input_size(input_size)  # a typo fails before the model is built
         norm_mean, norm_std = _parse_floats("--mean", mean), _parse_floats("--std", std)
-        options = _training_options(epochs, batch_size, lr, seed, augment, minutes)
+        options = _training_options(epochs, batch_size, lr, seed, augment, minutes, recipe)
         _check_convert_options(recovering, distill, data, val_data, data_limit, calibration_samples, options, resume, output)
         check_resume(ckpt, resume)
         if output is not None and not dry_run:  # before the slow work, not after it
@@ -557,6 +560,7 @@ def distill_command(
     minutes: MinutesOpt = None,
     batch_size: BatchSizeOpt = None,
     lr: LrOpt = None,
+    recipe: RecipeOpt = None,
     augment: AugmentOpt = None,
     seed: SeedOpt = None,
     teacher: Annotated[Optional[str], _value("--teacher", metavar="MODEL", help="The original model, a spec as in convert; e.g. --teacher resnet50 (default: the base model recorded in SAVED_DIR).")] = None,
@@ -584,7 +588,7 @@ def distill_command(
             stdout.quiet = True
         size = parse_input_size(input_size)
         norm_mean, norm_std = _parse_floats("--mean", mean), _parse_floats("--std", std)
-        options = _training_options(epochs, batch_size, lr, seed, augment, minutes)
+        options = _training_options(epochs, batch_size, lr, seed, augment, minutes, recipe)
         if not data:
             raise ConfigError("distill needs images: pass --data DIR (a folder of images or an ImageFolder root; labels are optional).")
         recipe = read_recipe(saved)

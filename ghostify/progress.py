@@ -132,7 +132,8 @@ class DistillationProgress(_Display):
             done = info["epoch"] * self.steps + info["step"]
             where = f"; resuming at epoch {info['epoch'] + 1}, step {info['step']}" if done else ""
             workers = f" on {info['world_size']} processes" if info.get("world_size", 1) > 1 else ""
-            self.line(f"distilling: {info['images']} images, {self.epochs} epochs x {self.steps} steps{workers}{where}")
+            recipe = f", {info['recipe']}" if info.get("recipe") else ""
+            self.line(f"distilling: {info['images']} images, {self.epochs} epochs x {self.steps} steps{recipe}{workers}{where}")
             if self.bar is not None:
                 self.task = self.bar.add_task("distilling", total=self.epochs * self.steps, completed=done, stats="")
         elif event == "step" and self.bar is not None:

@@ -156,7 +156,7 @@ def test_convert_distill_several_data_roots(world, tmp_path) -> None:
     result = invoke(*base(world, "--distill", "--epochs", "1", "--batch-size", "8", "--data", world["train"],
                           "--data", world["flat"], "--val-data", world["val"], "-o", out))
     assert result.exit_code == 0, result.output
-    assert "distilling: 26 images, 1 epochs x 3 steps" in result.output
+    assert "distilling: 26 images, 1 epochs x 3 steps, finetune (adamw at 0.001, BatchNorm statistics frozen)" in result.output
     assert "epoch 1/1  loss" in result.output and "val agreement" in result.output
     report = report_of(out)
     assert_stages(report, ["original", "converted (data-free)", "calibrated", "distilled"])
@@ -305,6 +305,8 @@ BAD_CONVERT = [
     (["--calibrate", "--data", "{root}/flat", "--minutes", "2"], "--minutes applies to --distill"),
     (["--distill", "--data", "{root}/flat", "--augment", "autoaugment"], "augment must be one of crop-flip, trivialaugment"),
     (["--calibrate", "--data", "{root}/flat", "--augment", "crop-flip"], "--augment applies to --distill"),
+    (["--distill", "--data", "{root}/flat", "--recipe", "sgd"], "recipe must be one of auto, retrain, finetune"),
+    (["--calibrate", "--data", "{root}/flat", "--recipe", "retrain"], "--recipe applies to --distill"),
     (["--distill", "--data", "{root}/flat", "--resume"], "--resume needs -o OUT"),
     (["--distill", "--data", "{root}/flat", "--resume", "-o", "{tmp}/out"], "--resume: no checkpoint at"),
     (["--val-data", "{root}/val"], "--val-data measures accuracy during --calibrate/--distill"),
@@ -391,12 +393,13 @@ def test_progress_displays(terminal, monkeypatch) -> None:
             progress(name, index, 3)
         progress("done", 3, 3)
     with ghostify.progress.distillation_progress(console) as progress:
-        progress("start", {"epochs": 2, "steps_per_epoch": 3, "images": 12, "epoch": 1, "step": 1, "world_size": 1})
+        progress("start", {"epochs": 2, "steps_per_epoch": 3, "images": 12, "epoch": 1, "step": 1, "world_size": 1,
+                           "recipe": "finetune (adamw at 0.001, BatchNorm statistics frozen)"})
         progress("step", {"epoch": 1, "step": 2, "loss": 0.5, "agreement": 0.75, "lr": 0.1, "grad_norm": 1.0})
         progress("epoch", {"epoch": 2, "loss": 2.41, "logit_loss": 1.0, "feature_loss": 1.41, "train_agreement": 0.912,
                            "lr": 0.0, "seconds": 12.3, "val_agreement": 0.901, "val_top1": None, "teacher_top1": None})
     text = buffer.getvalue()
-    assert "distilling: 12 images, 2 epochs x 3 steps; resuming at epoch 2, step 1" in text
+    assert "distilling: 12 images, 2 epochs x 3 steps, finetune (adamw at 0.001, BatchNorm statistics frozen); resuming at epoch 2, step 1" in text
     assert "epoch 2/2  loss 2.41  agreement 91.2%  val agreement 90.1%  12.3 s" in text
     plain = ["calibrated layer1.0 (2 layers)  2/3", "calibrated layer2.0 (1 layer)  3/3"]
     assert all((line in text) != terminal for line in plain)  # a terminal shows the bar instead

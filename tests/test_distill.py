@@ -17,6 +17,7 @@ import ghostify
 from ghostify.data import DataError, InputPipeline
 from ghostify.distill import (
     CHECKPOINT_FILE,
+    RETRAIN_FROM_EPOCHS,
     DistillConfig,
     distill,
     feature_loss,
@@ -83,7 +84,8 @@ def test_distillation_lowers_the_loss(pair, data):
     student = copy.deepcopy(start)
     events = []
     result = distill(student, teacher, data, progress=lambda event, info: events.append(event), **FAST)
-    assert result.student is student and result.config == DistillConfig(**FAST)
+    assert result.student is student and result.config == DistillConfig(**FAST).resolved()
+    assert result.config.recipe == "finetune" and result.config.freeze_bn  # 3 epochs: the gentle recipe
     assert [r.epoch for r in result.history] == [1, 2, 3]
     assert result.history[-1].loss < 0.9 * result.history[0].loss
     assert _kd_on(student, teacher, held_out) < 0.5 * _kd_on(start, teacher, held_out)  # on unseen images too
@@ -281,10 +283,51 @@ def test_teacher_of_another_architecture_does_not_fit(pair, data):
 @pytest.mark.parametrize("field, value", [
     ("epochs", 0), ("batch_size", 2.0), ("batch_size", True), ("lr", 0.0), ("optimizer", "adam"),
     ("temperature", 0), ("warmup", 1.0), ("mixup", -0.1), ("workers", -1), ("clip_grad", -1.0), ("augment", "autoaugment"),
+    ("recipe", "sgd"), ("freeze_bn", "yes"),
 ])
 def test_bad_settings_are_config_errors(field, value):
     with pytest.raises(ConfigError, match=field):
         DistillConfig(**{field: value})
+
+
+def test_the_recipe_is_chosen_by_the_epochs_and_explicit_settings_win():
+    long, short = DistillConfig(epochs=RETRAIN_FROM_EPOCHS).resolved(), DistillConfig(epochs=RETRAIN_FROM_EPOCHS - 1).resolved()
+    assert (long.recipe, long.optimizer, long.lr, long.weight_decay, long.freeze_bn, long.clip_grad) == ("retrain", "sgd", 0.1, 5e-4, False, 2.0)
+    assert (short.recipe, short.optimizer, short.lr, short.weight_decay, short.freeze_bn, short.clip_grad) == ("finetune", "adamw", 1e-3, 5e-5, True, 0.0)
+    mixed = DistillConfig(epochs=40, lr=0.02, freeze_bn=True).resolved()
+    assert (mixed.recipe, mixed.optimizer, mixed.lr, mixed.freeze_bn, mixed.clip_grad) == ("retrain", "sgd", 0.02, True, 2.0)
+    assert DistillConfig(epochs=40, recipe="finetune").resolved().optimizer == "adamw"
+    assert DistillConfig(epochs=1, recipe="retrain").resolved().optimizer == "sgd"
+    assert long.resolved() == long and DistillConfig.from_dict(long.to_dict()) == long
+
+
+def test_retraining_updates_the_batchnorm_statistics_and_finetuning_keeps_them(pair, data):
+    teacher, start = pair
+    def statistics(model):
+        return [b.clone() for name, b in model.named_buffers() if name.endswith("running_mean")]
+    for recipe, changed in (("retrain", True), ("finetune", False)):
+        student = copy.deepcopy(start)
+        result = distill(student, teacher, data, **dict(FAST, recipe=recipe))
+        assert result.config.recipe == recipe and result.history[-1].loss < result.history[0].loss
+        same = all(torch.equal(a, b) for a, b in zip(statistics(student), statistics(start)))
+        assert same is not changed
+
+
+def test_a_checkpoint_from_before_recipes_resumes_with_its_own_settings(pair, data, tmp_path):
+    """Its config has no recipe but the settings of that time (AdamW 1e-3, frozen BN): a resume keeps them."""
+    teacher, start = pair
+    old = dict(FAST, epochs=12, optimizer="adamw", lr=1e-3, weight_decay=5e-5, freeze_bn=True, clip_grad=0.0)
+    whole = copy.deepcopy(start)
+    distill(whole, teacher, data, **old)
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        distill(copy.deepcopy(start), teacher, data, checkpoint=checkpoint, progress=_Stop("epoch", 2, None), **old)
+    state = torch.load(checkpoint, weights_only=False)
+    del state["config"]["recipe"]
+    torch.save(state, checkpoint)
+    resumed = copy.deepcopy(start)
+    result = distill(resumed, teacher, data, checkpoint=checkpoint, resume=True, **dict(FAST, epochs=12))  # defaults: auto
+    assert result.config.optimizer == "adamw" and result.config.freeze_bn and _same_state(resumed, whole)
 
 
 def test_all_loss_weights_zero_is_refused():
