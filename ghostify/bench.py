@@ -18,12 +18,12 @@ from rich.table import Table
 from torch import nn
 
 from .convert import base_form
-from .graph_pass import copy_model
-from .selection import get_plan
 from .deploy import get_deploy_record, to_channels_last
 from .errors import GhostifyError
 from .formatting import parse_whole_numbers, timing_text
+from .graph_pass import copy_model
 from .measure import LatencyStats, example_input, latency_stats, percentile, resolve_device, time_interleaved
+from .selection import get_plan
 
 MODES = ("eager", "compiled")
 

@@ -44,10 +44,10 @@ from torch import nn
 
 from .channel_order import joint_assignment, owners, shares_order
 from .convert import base_form
-from .selection import get_plan
 from .deploy import residual_groups
 from .errors import GhostifyError
 from .ghost_module import CONV_TYPES, GhostConv2d, GhostConv2dBNReLU, is_ghost_module, is_paper_variant
+from .selection import get_plan
 from .weight_transfer import ChannelAssignment, group_channels
 
 ProgressCallback = Callable[[str, int, int], None]

@@ -32,13 +32,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .calibrate import check_teacher_fits, reconstruction_blocks
 from .convert import base_form
-from .graph_pass import copy_model
-from .selection import get_plan
 from .data import AUGMENTATIONS, InputPipeline, as_dataset, check_labels, sample_seed
 from .errors import ConfigError, GhostifyError
 from .ghost_module import is_ghost_module
+from .graph_pass import copy_model
 from .measure import resolve_device
 from .records import RecordKind, known_fields
+from .selection import get_plan
 
 CHECKPOINT_FORMAT = "ghostify.distill-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -65,8 +65,8 @@ class DistillConfig:
     fine-tune that keeps what calibration found, better for a few epochs (the retrain recipe's high
     learning rate first undoes the calibration: 54 % agreement after its first epoch, from 84 %).
     "auto" (default): retrain for ``RETRAIN_FROM_EPOCHS`` epochs or more, else finetune.
-    epochs / batch_size / optimizer / lr / weight_decay: None takes the recipe's; the schedule is one
-    cycle (``warmup`` of the steps rising, cosine decay after).
+    optimizer / lr / weight_decay: None takes the recipe's. The schedule is one cycle (``warmup`` of
+    the steps rising, cosine decay after).
     temperature: softening of the logit KD.
     logit_weight / feature_weight / label_weight: loss mix (labels used only when the data has them).
     mixup: Beta(alpha, alpha) mixing of image pairs (0 = off). seed: every random choice derives from it.

@@ -25,13 +25,13 @@ from torch import nn
 from .config import GhostConfig
 from .conv_equivalent import equivalent_conv
 from .convert import base_form, plan_conversion
-from .graph_pass import copy_model
 from .deploy import DeployedGhostConv2d, to_channels_last
-from .ghost_module import GhostConv2d
-from .variants import VARIANTS
 from .errors import ConfigError
+from .ghost_module import GhostConv2d
+from .graph_pass import copy_model
 from .measure import count_macs, example_input, layer_macs, observe_modules, resolve_device, time_interleaved
 from .selection import SLOWER_AS_GHOST, ConversionPlan, LayerPlan
+from .variants import VARIANTS
 
 # (conv, ghost module, input, device) -> (conv ms, ghost ms); tests pass a fake one
 LayerTimer = Callable[[nn.Module, nn.Module, torch.Tensor, torch.device], "tuple[float, float]"]

@@ -23,7 +23,6 @@ from torch.utils.data import Dataset
 from .calibrate import calibrate as calibrate_model
 from .calibrate import calibration_layers, check_teacher_fits
 from .convert import base_form
-from .selection import get_plan
 from .data import InputPipeline, as_dataset, check_labels
 from .deploy import get_deploy_record
 from .distill import agreement_and_accuracy, num_classes
@@ -33,6 +32,7 @@ from .ghost_module import is_ghost_module
 from .measure import resolve_device
 from .progress import calibration_progress, distillation_progress
 from .report import AccuracyStage
+from .selection import get_plan
 
 
 def is_main_process() -> bool:

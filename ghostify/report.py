@@ -26,7 +26,6 @@ from torch.utils.data import Dataset
 
 from . import report_render as render
 from .convert import base_form
-from .selection import get_plan
 from .deploy import get_deploy_record
 from .errors import GhostifyError
 from .evaluate import AccuracyStats, evaluate
@@ -39,7 +38,7 @@ from .outputs import prepare_report_directory
 from .records import RecordKind, known_fields
 from .report_html import render_html
 from .report_render import MACS_EXPLANATION, RENDER_WIDTH, render_text  # noqa: F401  (still importable from here)
-from .selection import ConversionPlan, LayerPlan
+from .selection import ConversionPlan, LayerPlan, get_plan
 from .serialization import SAVED_MODEL_FILES
 from .version import __version__
 

@@ -17,15 +17,15 @@ from typing import Any
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .graph_pass import copy_model
-from .selection import PLAN_ATTRIBUTE, get_plan
 from .deploy import DeployRecord, apply_deploy_record, get_deploy_record
 from .errors import CheckpointError, GhostifyError, ModelSpecError
+from .graph_pass import copy_model
 from .graph_pass import apply_plan
 from .models import DEFAULT_SEED, ResolvedModel, canonical_spec, model_file, resolve_model
 from .outputs import PYTHON_WORDING, atomic_directory
 from .records import RecordKind
 from .reparameterize import reparameterize
+from .selection import PLAN_ATTRIBUTE, get_plan
 from .selection import ConversionPlan
 from .version import __version__
 
