@@ -50,6 +50,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "retrain": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "freeze_bn": False, "clip_grad": 2.0},
     "finetune": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 5e-5, "freeze_bn": True, "clip_grad": 0.0},
 }
+_RECIPE_FIELDS = ("recipe", *RECIPES["retrain"])  # what a recipe decides unless set explicitly
 # "auto" retrains from this many epochs on. ResNet-20 s=2 from the calibrated start, val/ agreement, finetune /
 # retrain: 10 epochs 87.4 / 86.3 %, 20 epochs 87.1-87.4 (finetune at 15 and 30) / 86.9 %, 40 epochs 87.4 (30) / 88.6 %.
 RETRAIN_FROM_EPOCHS = 30
@@ -470,7 +471,7 @@ def distill(
         if config.minutes > 0 and saved.minutes == config.minutes:
             config = dataclasses.replace(config, epochs=saved.epochs)  # the epochs the budget chose at the start
         # what was left to the recipe is the run's (a checkpoint written before recipes existed included)
-        config = dataclasses.replace(config, **{name: getattr(saved, name) for name in ("recipe", *RECIPES["retrain"])
+        config = dataclasses.replace(config, **{name: getattr(saved, name) for name in _RECIPE_FIELDS
                                                 if getattr(config, name) in (None, "auto")}).resolved()
         if saved != config:
             changed = [f.name for f in dataclasses.fields(config) if getattr(saved, f.name) != getattr(config, f.name)]
