@@ -42,9 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .channel_order import joint_assignment, owners, shares_order
+from .channel_order import joint_assignment, order_groups
 from .convert import base_form
-from .deploy import residual_groups
 from .errors import GhostifyError
 from .ghost_module import CONV_TYPES, GhostConv2d, GhostConv2dBNReLU, is_ghost_module, is_paper_variant
 from .selection import get_plan
@@ -636,10 +635,7 @@ def _residual_group_of(student: nn.Module) -> dict[str, str]:
     plan = get_plan(student)
     if plan is None or not plan.config.shared_residual_order:
         return {}
-    groups = residual_groups(student)
-    group_of = owners(groups) | {owner: owner for owner in groups}
-    return {name: owner for name, owner in group_of.items()
-            if shares_order(student.get_submodule(owner), student.get_submodule(name))}
+    return {name: owner for owner, names in order_groups(student).items() for name in names}
 
 
 @torch.no_grad()

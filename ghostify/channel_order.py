@@ -27,9 +27,14 @@ from .ghost_module import GhostConv2d
 from .weight_transfer import ChannelAssignment, channel_gains, group_channels, transfer_weights
 
 
-def owners(groups: dict[str, list[str]]) -> dict[str, str]:
-    """``{member: owner}`` for ``residual_groups``' result."""
-    return {member: owner for owner, members in groups.items() for member in members}
+def order_groups(model: nn.Module) -> dict[str, list[str]]:
+    """``{owner: [owner, members...]}``: each residual group of ``model`` (``deploy.residual_groups``),
+    less the members that cannot take the owner's channel assignment (other channels, ratio or cheap kernel)."""
+    groups = {}
+    for owner, members in residual_groups(model).items():
+        lead = model.get_submodule(owner)
+        groups[owner] = [owner] + [name for name in members if shares_order(lead, model.get_submodule(name))]
+    return groups
 
 
 def shares_order(owner: GhostConv2d, member: GhostConv2d) -> bool:
@@ -57,12 +62,11 @@ def share_residual_orders(converted: nn.Module, originals: Mapping[str, nn.Modul
     ``originals``: the plain conv each ghost module replaced, by name (what ``graph_pass.apply_plan`` returns).
     """
     refitted: dict[str, float] = {}
-    for owner, members in residual_groups(converted).items():
-        lead = converted.get_submodule(owner)
-        names = [name for name in (owner, *members) if name in originals
-                 and shares_order(lead, converted.get_submodule(name))]
+    for owner, group in order_groups(converted).items():
+        names = [name for name in group if name in originals]
         if len(names) < 2:
             continue
+        lead = converted.get_submodule(owner)
         ratio, dw_size = lead.ratio, lead.dw_size
         gains = [channel_gains(originals[name].weight, ratio, dw_size, originals[name].stride, originals[name].dilation)
                  for name in names]
