@@ -43,6 +43,7 @@ def reason_kind(reason: str | None) -> str | None:
     """A kept layer's reason without its own numbers, for counting reasons (timed layers each have theirs)."""
     return SLOWER_AS_GHOST if (reason or "").startswith(SLOWER_AS_GHOST) else reason
 
+
 _Layer = TypeVar("_Layer", bound="ConvSite")
 
 

@@ -25,7 +25,6 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -177,9 +176,16 @@ def _most_similar(unit: torch.Tensor, k: int, rows_per_chunk: int = 1024) -> tup
     return torch.cat(indices), torch.cat(values).double().clamp_(max=1.0)
 
 
-def assign_channels(weight: torch.Tensor, ratio: int, *args: Any, **options: Any) -> ChannelAssignment:
+def assign_channels(
+    weight: torch.Tensor,
+    ratio: int,
+    dw_size: int = 3,
+    stride: Sequence[int] | None = None,
+    dilation: Sequence[int] | None = None,
+    candidates: int = 16,
+) -> ChannelAssignment:
     """Data-free grouping of a conv's filters (module docstring, step 1); arguments as ``channel_gains``."""
-    gain, energy = channel_gains(weight, ratio, *args, **options)
+    gain, energy = channel_gains(weight, ratio, dw_size, stride, dilation, candidates)
     return group_channels(gain, ratio, source_value=energy)
 
 
