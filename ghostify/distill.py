@@ -16,6 +16,7 @@ gradients are averaged by DistributedDataParallel (NCCL on GPUs, gloo on CPU).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
 import time
@@ -215,16 +216,20 @@ def _setup_world(device: str | torch.device) -> _World:
         target = torch.device("cuda", local_rank)
         torch.cuda.set_device(target)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
+        # the small bookkeeping reductions (losses, epoch counts) are on CPU tensors: gloo carries those
+        # the first process may still be calibrating alone (ghostify.recovery): wait longer than the default 30 min
+        dist.init_process_group("cpu:gloo,cuda:nccl" if target.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
     return _World(rank, size, target)
 
 
-def _all_reduce_mean(values: torch.Tensor, world: _World) -> torch.Tensor:
+def _all_reduce(values: torch.Tensor, world: _World, op: str = "mean") -> torch.Tensor:
+    """``values`` combined over every process ("mean", "min" or "max"), in place; as is in a world of one."""
     if world.size > 1:
         import torch.distributed as dist
 
-        dist.all_reduce(values)
-        values /= world.size
+        dist.all_reduce(values, op={"mean": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
+        if op == "mean":
+            values /= world.size
     return values
 
 
@@ -387,7 +392,7 @@ def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 def _epoch_seconds(student: nn.Module, teacher: nn.Module, dataset: Dataset, val_dataset: Dataset | None,
                    config: DistillConfig, world: _World) -> float:
     """Seconds one epoch will take here: one epoch of a few batches on a copy of the student, scaled up
-    (plus the held-out evaluation after each epoch); the same figure on every process. The first
+    (plus the held-out evaluation after each epoch); the slowest process's figure, on every process. The first
     step is not counted: it pays one-time costs (memory, kernels) that a whole epoch does not repeat."""
     probe = Subset(dataset, range(min(len(dataset), 5 * config.batch_size)))
     stamps: list[float] = []
@@ -409,7 +414,7 @@ def _epoch_seconds(student: nn.Module, teacher: nn.Module, dataset: Dataset, val
         clock = time.perf_counter()
         agreement_and_accuracy(student, teacher, sample, device=world.device)
         seconds += (time.perf_counter() - clock) * len(val_dataset) / len(sample)
-    return float(_all_reduce_mean(torch.tensor([seconds], dtype=torch.float64), world)[0])
+    return float(_all_reduce(torch.tensor([seconds], dtype=torch.float64), world, "max")[0])  # the slowest sets the pace
 
 
 def distill(
@@ -484,7 +489,9 @@ def distill(
     elif config.minutes > 0:
         epoch_seconds = _epoch_seconds(student, teacher, dataset, val_dataset, config, world)
         left = config.minutes * 60 - (time.perf_counter() - started)
-        config = dataclasses.replace(config, epochs=max(1, int(left // epoch_seconds)))
+        # processes started at different moments see different budgets left: all take the smallest
+        epochs = _all_reduce(torch.tensor([max(1, int(left // epoch_seconds))]), world, "min")
+        config = dataclasses.replace(config, epochs=int(epochs[0]))
         if progress is not None and world.main:
             progress("budget", {"minutes": config.minutes, "epoch_seconds": epoch_seconds, "epochs": config.epochs})
     config = result.config = config.resolved()
@@ -590,8 +597,8 @@ def distill(
                 scaler.step(optimizer)
                 scaler.update()
                 agree = (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean()
-                stats = _all_reduce_mean(torch.stack([loss.detach().float(), logit_term.detach().float(),
-                                                      feature_term.detach().float(), agree]).cpu(), world).tolist()
+                stats = _all_reduce(torch.stack([loss.detach().float(), logit_term.detach().float(),
+                                                 feature_term.detach().float(), agree]).cpu(), world).tolist()
                 for i, value in enumerate(stats):
                     sums[i] += value
                 sums[4] += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,8 +141,10 @@ def recover(
         calibrate = False  # the paper-bn-relu variant is not linear: distillation alone
         stdout.print("note: these ghost modules (paper-bn-relu) cannot be calibrated; distilling from the data-free start.",
                      highlight=False, soft_wrap=True)
-    if calibrate and not resuming:
-        with calibration_progress(stdout) as progress:
+    if calibrate and not resuming and main:
+        # under torchrun the first process calibrates, with the threads of all on CPU; distillation's
+        # DistributedDataParallel then gives its weights to the others, which wait for it there
+        with _threads_of_every_process(target), calibration_progress(stdout) as progress:
             result = calibrate_model(student, teacher, train, samples=samples, pipeline=pipeline,
                                      seed=options.get("seed", 0), progress=progress if main else None)
         before = sum(layer.error_before for layer in result.layers) / max(1, len(result.layers))
@@ -176,6 +179,19 @@ def recover(
             done.stages += evaluator.stage("distilled", student)
     student.cpu().eval(), teacher.cpu().eval()
     return done
+
+
+@contextlib.contextmanager
+def _threads_of_every_process(device: torch.device) -> Iterator[None]:
+    """On CPU under torchrun, while the other processes on this machine wait: their threads too."""
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and processes > 1:
+        torch.set_num_threads(threads * processes)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _read_state(path: Path | None) -> dict[str, Any]:

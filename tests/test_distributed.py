@@ -10,14 +10,16 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent('''
-    import json, os, sys
+    import json, os, sys, time
     from pathlib import Path
 
     import torch
@@ -30,6 +32,8 @@ SCRIPT = textwrap.dedent('''
 
     torch.set_num_threads(1)
     out = Path(sys.argv[1])
+    budget = float(sys.argv[2])  # minutes; 0: two epochs
+    mode = sys.argv[3]  # "distill" or "recover"
     rank = int(os.environ["RANK"])
 
 
@@ -64,19 +68,29 @@ SCRIPT = textwrap.dedent('''
         with torch.no_grad():
             for p in student.parameters():
                 p.add_(0.01)
-    data = TensorDataset(images(32, 5), torch.full((32,), -1))
     steps = []
-    result = distill(student, teacher, data, epochs=2, batch_size=8, freeze_bn=False,
-                     checkpoint=out / "checkpoint.pt",
-                     progress=lambda event, info: steps.append(info["loss"]) if event == "step" else None)
+    report = {"world_size": int(os.environ["WORLD_SIZE"]), "initialized": False}
+    if mode == "recover":  # what `ghostify convert --calibrate --distill` runs: calibration, then distillation
+        from ghostify.data import InputPipeline
+        from ghostify.recovery import recover
+
+        done = recover(student, teacher, data=[out / "images"], val_data=None, pipeline=InputPipeline((3, 12, 12)),
+                       device="cpu", calibrate=True, distill=True, samples=16, checkpoint=None, resume=False,
+                       options={"epochs": 1, "batch_size": 8, "freeze_bn": False}, start_stage="converted")
+        report.update(calibrated=done.calibration is not None, epochs=len(done.training), threads=torch.get_num_threads(),
+                      losses=[record["loss"] for record in done.training])
+    else:
+        data = TensorDataset(images(32, 5), torch.full((32,), -1))
+        if budget and rank == 1:
+            time.sleep(3)  # a late process: it sees more of the budget left than rank 0, which waited for it
+        result = distill(student, teacher, data, epochs=2, batch_size=8, freeze_bn=False, minutes=budget,
+                         checkpoint=out / "checkpoint.pt",
+                         progress=lambda event, info: steps.append(info["loss"]) if event == "step" else None)
+        report.update(epochs=result.config.epochs, losses=[record.loss for record in result.history])
     torch.save({"parameters": {name: p.detach() for name, p in student.named_parameters()},
                 "buffers": {name: b for name, b in student.named_buffers()}}, out / f"rank{rank}.pt")
-    (out / f"rank{rank}.json").write_text(json.dumps({
-        "world_size": int(os.environ["WORLD_SIZE"]),
-        "losses": [record.loss for record in result.history],
-        "steps": steps,
-        "initialized": torch.distributed.is_initialized(),
-    }))
+    report.update(steps=steps, initialized=torch.distributed.is_initialized())
+    (out / f"rank{rank}.json").write_text(json.dumps(report))
 ''')
 
 
@@ -86,19 +100,25 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="this PyTorch build has no gloo backend")
-def test_two_processes_train_one_model(tmp_path):
+needs_gloo = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="this PyTorch build has no gloo backend")
+
+
+def _run_two_processes(tmp_path: Path, minutes: float = 0.0, mode: str = "distill") -> list[dict]:
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), str(script), str(tmp_path)]
+               "--master_port", str(_free_port()), str(script), str(tmp_path), str(minutes), mode]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 
-    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+@needs_gloo
+def test_two_processes_train_one_model(tmp_path):
+    reports = _run_two_processes(tmp_path)
     assert all(r["world_size"] == 2 and r["initialized"] for r in reports)
     # the logged losses are averaged over both ranks, so each rank reports the same numbers
     assert reports[0]["losses"] == reports[1]["losses"]
@@ -120,3 +140,27 @@ def test_two_processes_train_one_model(tmp_path):
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # written by rank 0
     assert checkpoint["epoch"] == 2
     assert all(torch.equal(checkpoint["student"][k], v) for k, v in params[0].items())
+
+
+@needs_gloo
+def test_processes_started_apart_agree_on_the_epochs_a_time_budget_allows(tmp_path):
+    reports = _run_two_processes(tmp_path, minutes=0.15)
+    # each process sees a different share of the 9 s left; a disagreement would hang or stop one early
+    assert reports[0]["epochs"] == reports[1]["epochs"] >= 2
+    assert len(reports[0]["losses"]) == len(reports[1]["losses"]) == reports[0]["epochs"]
+    assert reports[0]["losses"] == reports[1]["losses"]
+
+
+@needs_gloo
+def test_under_torchrun_the_first_process_calibrates_and_distillation_hands_its_weights_to_the_others(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    reports = _run_two_processes(tmp_path, mode="recover")
+    assert [r["calibrated"] for r in reports] == [True, False]  # calibration ran once, on rank 0
+    assert reports[0]["threads"] == reports[1]["threads"] == 1  # rank 0 borrowed rank 1's thread, then gave it back
+    assert reports[0]["epochs"] == reports[1]["epochs"] == 1 and reports[0]["losses"] == reports[1]["losses"]
+    params = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["parameters"] for r in (0, 1)]
+    for key in params[0]:  # rank 1 skipped calibration and started elsewhere: it trained rank 0's calibrated model
+        assert torch.equal(params[0][key], params[1][key]), key
