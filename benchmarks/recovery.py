@@ -109,8 +109,11 @@ def main() -> None:
 
         def show(event: str, info: dict) -> None:
             if event == "budget":
-                say(f"budget: {info['epoch_seconds']:.1f} s per epoch -> {info['epochs']} epochs in the "
-                    f"{info['minutes'] * 60:.0f} s left")
+                if info.get("replanned"):
+                    say(f"budget: the first epoch took {info['epoch_seconds']:.1f} s -> {info['epochs']} epochs")
+                else:
+                    say(f"budget: {info['epoch_seconds']:.1f} s per epoch -> {info['epochs']} epochs in the "
+                        f"{info['minutes'] * 60:.0f} s left")
             if event == "epoch":
                 held_out = f"  val/ agreement {info['val_agreement']:.1%}" if info.get("val_agreement") is not None else ""
                 say(f"  epoch {info['epoch']:3d}  loss {info['loss']:.3f}  train agreement {info['train_agreement']:.1%}{held_out}  "

@@ -91,8 +91,9 @@ class DistillConfig:
     budget) never returns a student worse than the one it was given.
     minutes: a time budget for the whole distillation instead of ``epochs`` (0 = off): a short
     probe (one small epoch on a copy of the student) times an epoch on this machine, and the run
-    gets as many epochs as fit in what is left (at least one); the chosen ``epochs`` is recorded, so
-    that ``resume`` continues the same schedule.
+    gets as many epochs as fit in what is left (at least one); after the first epoch, its real
+    time sets the epochs once more (the probe can be 10-20 % off). The chosen ``epochs`` is
+    recorded, so that ``resume`` continues the same schedule.
     """
 
     epochs: int = 10
@@ -518,6 +519,17 @@ def distill(
         model = nn.parallel.DistributedDataParallel(student, device_ids=[world.device.index] if world.device.type == "cuda" else None)
 
     total_steps = steps_per_epoch * config.epochs
+    budgeted = config.minutes > 0 and not resume
+
+    def replan(epoch_seconds: float) -> tuple[DistillConfig, int]:
+        """The epochs that fit in the budget at the pace of the first one (the schedule stretches or shrinks)."""
+        left = config.minutes * 60 - (time.perf_counter() - started)
+        epochs = int(_all_reduce(torch.tensor([1 + max(0, int(left // epoch_seconds))]), world, "min")[0])
+        if progress is not None and world.main and epochs != config.epochs:
+            progress("budget", {"minutes": config.minutes, "epoch_seconds": epoch_seconds, "epochs": epochs, "replanned": True})
+        changed = dataclasses.replace(config, epochs=epochs)
+        result.config = changed
+        return changed, steps_per_epoch * epochs
 
     def save(epoch: int, step: int, partial: list[float] | None) -> None:
         if checkpoint_path is None or not world.main:
@@ -550,7 +562,7 @@ def distill(
     clock = time.perf_counter()
     epoch, done = start_epoch, start_step  # done: steps of ``epoch`` finished
     try:
-        for epoch in range(start_epoch, config.epochs):
+        while epoch < config.epochs:  # a budget may change config.epochs after the first epoch
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
             batches = _epoch_batches(len(dataset), config.batch_size, config.seed, epoch)
@@ -614,9 +626,12 @@ def distill(
                 consider(epoch + 1, record.val_agreement)
             result.history.append(record)
             sums = None
+            if budgeted and epoch == 0:  # the first real epoch corrects the probe's estimate once
+                config, total_steps = replan(time.perf_counter() - epoch_clock)
             save(epoch + 1, 0, None)
             if progress is not None and world.main:
                 progress("epoch", dataclasses.asdict(record))
+            epoch += 1
     except KeyboardInterrupt:
         # keep what was done: the next --resume starts at the step after the last finished one
         if sums is not None:

@@ -145,8 +145,13 @@ class DistillationProgress(_Display):
         elif event == "epoch":
             self.line(epoch_line(info, self.epochs))
         elif event == "budget":
-            self.line(f"budget {info['minutes']:g} min: about {info['epoch_seconds']:.1f} s per epoch here -> {info['epochs']} "
+            pace = "the first epoch took" if info.get("replanned") else "about"
+            self.line(f"budget {info['minutes']:g} min: {pace} {info['epoch_seconds']:.1f} s per epoch here -> {info['epochs']} "
                       f"epoch{'s' if info['epochs'] != 1 else ''}")
+            if info.get("replanned"):
+                self.epochs = info["epochs"]
+                if self.bar is not None and self.task is not None:
+                    self.bar.update(self.task, total=self.epochs * self.steps)
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -423,12 +425,25 @@ def test_a_time_budget_chooses_the_epochs_that_fit(pair, data):
     teacher, start = pair
     events = _Events()
     result = distill(copy.deepcopy(start), teacher, data, batch_size=8, minutes=0.25, progress=events)
-    budget = next(info for event, info in events.seen if event == "budget")
+    budget = [info for event, info in events.seen if event == "budget"][-1]  # the probe's, or the first epoch's
     assert budget["epochs"] == result.config.epochs == len(result.history) > 1  # 15 s: many 32-image epochs
     assert budget["epoch_seconds"] > 0 and result.config.minutes == 0.25
     assert budget["epoch_seconds"] * (budget["epochs"] + 1) > 15 * 0.5  # no more epochs than about fit
     tiny = distill(copy.deepcopy(start), teacher, data, batch_size=8, minutes=1e-4)
     assert tiny.config.epochs == len(tiny.history) == 1  # at least one, whatever the budget
+
+
+def test_a_budget_run_corrects_a_wrong_probe_after_its_first_epoch(pair, data, monkeypatch):
+    teacher, start = pair
+    monkeypatch.setattr(sys.modules["ghostify.distill"], "_epoch_seconds", lambda *args: 1e-4)  # far too hopeful: 60,000 epochs
+    events = _Events()
+    clock = time.perf_counter()
+    result = distill(copy.deepcopy(start), teacher, data, batch_size=8, minutes=0.1, progress=events)
+    elapsed = time.perf_counter() - clock
+    budgets = [info for event, info in events.seen if event == "budget"]
+    assert budgets[0]["epochs"] >= 50_000 and budgets[1]["replanned"]
+    assert 1 < budgets[1]["epochs"] == result.config.epochs == len(result.history) < 50_000
+    assert elapsed < 6 * 1.5  # the 6 s budget, give or take an epoch, not 60,000 epochs
 
 
 def test_a_resumed_budget_run_keeps_the_epochs_it_chose(pair, data, tmp_path):
