@@ -217,8 +217,8 @@ def _setup_world(device: str | torch.device) -> _World:
         target = torch.device("cuda", local_rank)
         torch.cuda.set_device(target)
     if not dist.is_initialized():
-        # the small bookkeeping reductions (losses, epoch counts) are on CPU tensors: gloo carries those
-        # the first process may still be calibrating alone (ghostify.recovery): wait longer than the default 30 min
+        # gloo carries the small reductions on CPU tensors (losses, epoch counts) beside NCCL; the timeout is
+        # over the default 30 min because the first process may still be calibrating alone (ghostify.recovery)
         dist.init_process_group("cpu:gloo,cuda:nccl" if target.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
     return _World(rank, size, target)
 

@@ -146,13 +146,12 @@ def recover(
         # DistributedDataParallel then gives its weights to the others, which wait for it there
         with _threads_of_every_process(target), calibration_progress(stdout) as progress:
             result = calibrate_model(student, teacher, train, samples=samples, pipeline=pipeline,
-                                     seed=options.get("seed", 0), progress=progress if main else None)
+                                     seed=options.get("seed", 0), progress=progress)
         before = sum(layer.error_before for layer in result.layers) / max(1, len(result.layers))
         stdout.print(f"calibrated {len(result.layers)} layers on {result.images} images in {result.seconds:.1f} s "
                      f"(mean relative output error {before:.3f} -> {result.mean_error_after:.3f})", highlight=False)
         done.calibration = result.to_dict()
-        if main:
-            done.stages += evaluator.stage("calibrated", student)
+        done.stages += evaluator.stage("calibrated", student)
     if distill:
         if state is not None and not resuming and main:
             state.parent.mkdir(parents=True, exist_ok=True)
