@@ -518,18 +518,16 @@ def distill(
     if world.size > 1:
         model = nn.parallel.DistributedDataParallel(student, device_ids=[world.device.index] if world.device.type == "cuda" else None)
 
-    total_steps = steps_per_epoch * config.epochs
     budgeted = config.minutes > 0 and not resume
 
-    def replan(epoch_seconds: float) -> tuple[DistillConfig, int]:
+    def replan(epoch_seconds: float) -> DistillConfig:
         """The epochs that fit in the budget at the pace of the first one (the schedule stretches or shrinks)."""
         left = config.minutes * 60 - (time.perf_counter() - started)
         epochs = int(_all_reduce(torch.tensor([1 + max(0, int(left // epoch_seconds))]), world, "min")[0])
         if progress is not None and world.main and epochs != config.epochs:
             progress("budget", {"minutes": config.minutes, "epoch_seconds": epoch_seconds, "epochs": epochs, "replanned": True})
-        changed = dataclasses.replace(config, epochs=epochs)
-        result.config = changed
-        return changed, steps_per_epoch * epochs
+        result.config = dataclasses.replace(config, epochs=epochs)
+        return result.config
 
     def save(epoch: int, step: int, partial: list[float] | None) -> None:
         if checkpoint_path is None or not world.main:
@@ -568,7 +566,7 @@ def distill(
             batches = _epoch_batches(len(dataset), config.batch_size, config.seed, epoch)
             first = done = start_step if epoch == start_epoch else 0
             # the record's lr when every step of this epoch ran before a resume: the last step's
-            lr = config.lr * _schedule(epoch * steps_per_epoch + max(first - 1, 0), total_steps, config)
+            lr = config.lr * _schedule(epoch * steps_per_epoch + max(first - 1, 0), steps_per_epoch * config.epochs, config)
             local = [batch[world.rank::world.size] for batch in batches[first:]]
             loader = DataLoader(dataset, batch_sampler=local, num_workers=config.workers)
             sums = sums if (epoch == start_epoch and sums) else [0.0] * 5  # loss, logit, feature, agree, count
@@ -576,7 +574,7 @@ def distill(
             _train_mode(student, config.freeze_bn)
             for step, (images, labels) in enumerate(loader, start=first):
                 global_step = epoch * steps_per_epoch + step
-                lr = config.lr * _schedule(global_step, total_steps, config)
+                lr = config.lr * _schedule(global_step, steps_per_epoch * config.epochs, config)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 torch.manual_seed(sample_seed(config.seed, epoch, step, 1))  # mixup, dropout, stochastic depth
@@ -627,7 +625,7 @@ def distill(
             result.history.append(record)
             sums = None
             if budgeted and epoch == 0:  # the first real epoch corrects the probe's estimate once
-                config, total_steps = replan(time.perf_counter() - epoch_clock)
+                config = replan(time.perf_counter() - epoch_clock)
             save(epoch + 1, 0, None)
             if progress is not None and world.main:
                 progress("epoch", dataclasses.asdict(record))
