@@ -81,6 +81,8 @@ def main() -> None:
     teacher = ghostify.resolve_model(str(ROOT / "examples" / "cifar_resnet.py") + f":{args.model}",
                                      checkpoint=shared / "weights" / CHECKPOINTS[args.model]).model.eval()
     student = ghostify.convert(teacher, ratio=args.ratio)
+    device = torch.device(args.device)
+    teacher.to(device), student.to(device)  # calibration and measurement run where the models are
     rows = []
 
     def say(text: str) -> None:
@@ -110,7 +112,7 @@ def main() -> None:
         def show(event: str, info: dict) -> None:
             if event == "budget":
                 if info.get("replanned"):
-                    say(f"budget: the first epoch took {info['epoch_seconds']:.1f} s -> {info['epochs']} epochs")
+                    say(f"budget: epoch {info['after_epoch']} took {info['epoch_seconds']:.1f} s -> {info['epochs']} epochs")
                 else:
                     say(f"budget: {info['epoch_seconds']:.1f} s per epoch -> {info['epochs']} epochs in the "
                         f"{info['minutes'] * 60:.0f} s left")
@@ -122,7 +124,6 @@ def main() -> None:
         result = distill(student, teacher, train, pipeline=CIFAR, device=args.device, progress=show,
                          val_data=selection, **options)
         epochs = result.config.epochs
-        student.cpu()
         say(f"distillation: {epochs} epochs, {result.seconds:.1f} s ({result.config})")
         if result.kept_epoch is not None:
             agreements = [result.start_val_agreement] + [record.val_agreement for record in result.history]

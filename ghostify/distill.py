@@ -55,6 +55,7 @@ _RECIPE_FIELDS = ("recipe", *RECIPES["retrain"])  # what a recipe decides unless
 # "auto" retrains from this many epochs on. ResNet-20 s=2 from the calibrated start, val/ agreement, finetune /
 # retrain: 10 epochs 87.4 / 86.3 %, 20 epochs 87.1-87.4 (finetune at 15 and 30) / 86.9 %, 40 epochs 87.4 (30) / 88.6 %.
 RETRAIN_FROM_EPOCHS = 30
+REPLAN_EPOCHS = 2  # a time budget re-sets the epochs after each of the first this many epochs
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,8 @@ class DistillConfig:
     budget) never returns a student worse than the one it was given.
     minutes: a time budget for the whole distillation instead of ``epochs`` (0 = off): a short
     probe (one small epoch on a copy of the student) times an epoch on this machine, and the run
-    gets as many epochs as fit in what is left (at least one); after the first epoch, its real
-    time sets the epochs once more (the probe can be 10-20 % off). The chosen ``epochs`` is
+    gets as many epochs as fit in what is left (at least one); after each of the first two epochs, its
+    real time sets the epochs once more (the probe can be 10-20 % off, and a GPU's first epoch is slow). The chosen ``epochs`` is
     recorded, so that ``resume`` continues the same schedule.
     """
 
@@ -520,12 +521,13 @@ def distill(
 
     budgeted = config.minutes > 0 and not resume
 
-    def replan(epoch_seconds: float) -> DistillConfig:
-        """The epochs that fit in the budget at the pace of the first one (the schedule stretches or shrinks)."""
+    def replan(epochs_done: int, epoch_seconds: float) -> DistillConfig:
+        """The epochs that fit in the budget at the pace of the last one (the schedule stretches or shrinks)."""
         left = config.minutes * 60 - (time.perf_counter() - started)
-        epochs = int(_all_reduce(torch.tensor([1 + max(0, int(left // epoch_seconds))]), world, "min")[0])
+        epochs = int(_all_reduce(torch.tensor([epochs_done + max(0, int(left // epoch_seconds))]), world, "min")[0])
         if progress is not None and world.main and epochs != config.epochs:
-            progress("budget", {"minutes": config.minutes, "epoch_seconds": epoch_seconds, "epochs": epochs, "replanned": True})
+            progress("budget", {"minutes": config.minutes, "epoch_seconds": epoch_seconds, "epochs": epochs,
+                                "replanned": True, "after_epoch": epochs_done})
         result.config = dataclasses.replace(config, epochs=epochs)
         return result.config
 
@@ -560,7 +562,7 @@ def distill(
     clock = time.perf_counter()
     epoch, done = start_epoch, start_step  # done: steps of ``epoch`` finished
     try:
-        while epoch < config.epochs:  # a budget may change config.epochs after the first epoch
+        while epoch < config.epochs:  # a budget may change config.epochs after the first epochs
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
             batches = _epoch_batches(len(dataset), config.batch_size, config.seed, epoch)
@@ -624,8 +626,10 @@ def distill(
                 consider(epoch + 1, record.val_agreement)
             result.history.append(record)
             sums = None
-            if budgeted and epoch == 0:  # the first real epoch corrects the probe's estimate once
-                config = replan(time.perf_counter() - epoch_clock)
+            # the first real epoch corrects the probe's estimate; the second, the first one's warm-up (on a GPU
+            # the first epoch took 4.2 s, the next ones 2.3-3.2: a 3-minute budget ended after 2)
+            if budgeted and epoch - start_epoch < REPLAN_EPOCHS:
+                config = replan(epoch + 1, time.perf_counter() - epoch_clock)
             save(epoch + 1, 0, None)
             if progress is not None and world.main:
                 progress("epoch", dataclasses.asdict(record))

@@ -145,8 +145,8 @@ class DistillationProgress(_Display):
         elif event == "epoch":
             self.line(epoch_line(info, self.epochs))
         elif event == "budget":
-            pace = "the first epoch took" if info.get("replanned") else "about"
-            self.line(f"budget {info['minutes']:g} min: {pace} {info['epoch_seconds']:.1f} s per epoch here -> {info['epochs']} "
+            pace = f"epoch {info['after_epoch']} took" if info.get("replanned") else "about"
+            self.line(f"budget {info['minutes']:g} min: {pace} {info['epoch_seconds']:.1f} s here -> {info['epochs']} "
                       f"epoch{'s' if info['epochs'] != 1 else ''}")
             if info.get("replanned"):
                 self.epochs = info["epochs"]

@@ -441,9 +441,29 @@ def test_a_budget_run_corrects_a_wrong_probe_after_its_first_epoch(pair, data, m
     result = distill(copy.deepcopy(start), teacher, data, batch_size=8, minutes=0.1, progress=events)
     elapsed = time.perf_counter() - clock
     budgets = [info for event, info in events.seen if event == "budget"]
-    assert budgets[0]["epochs"] >= 50_000 and budgets[1]["replanned"]
-    assert 1 < budgets[1]["epochs"] == result.config.epochs == len(result.history) < 50_000
+    assert budgets[0]["epochs"] >= 50_000 and budgets[1]["replanned"] and budgets[1]["after_epoch"] == 1
+    assert 1 < budgets[1]["epochs"] < 50_000 and budgets[-1]["epochs"] == result.config.epochs == len(result.history)
     assert elapsed < 6 * 1.5  # the 6 s budget, give or take an epoch, not 60,000 epochs
+
+
+def test_a_budget_run_with_a_slow_first_epoch_uses_the_time_the_second_one_shows_is_left(pair, data, monkeypatch):
+    teacher, start = pair
+    monkeypatch.setattr(sys.modules["ghostify.distill"], "_epoch_seconds", lambda *args: 1.0)  # 6 epochs in 6 s
+
+    class WarmingUp(_Events):  # a GPU's first epoch: its 4 steps pay for warm-up, 0.6 s each
+        def __call__(self, event: str, info: dict) -> None:
+            super().__call__(event, info)
+            if event == "step" and info["epoch"] == 0:
+                time.sleep(0.6)
+
+    events = WarmingUp()
+    clock = time.perf_counter()
+    result = distill(copy.deepcopy(start), teacher, data, batch_size=8, minutes=0.1, progress=events)
+    elapsed = time.perf_counter() - clock
+    replans = [info for event, info in events.seen if event == "budget" and info.get("replanned")]
+    assert [info["after_epoch"] for info in replans] == [1, 2]
+    assert replans[0]["epochs"] <= 2 < replans[1]["epochs"] == result.config.epochs == len(result.history)
+    assert elapsed < 6 * 1.5  # within the budget, give or take an epoch
 
 
 def test_a_resumed_budget_run_keeps_the_epochs_it_chose(pair, data, tmp_path):
