@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import ghostify  # noqa: E402
 from ghostify.data import ImageFiles, InputPipeline  # noqa: E402
-from ghostify.distill import agreement_and_accuracy, distill  # noqa: E402
+from ghostify.distill import agreement_and_accuracy, distill, planned_config  # noqa: E402
 
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th"}
 MAIN = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 reports
@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--calibrate-only", action="store_true")
     parser.add_argument("--no-calibrate", action="store_true", help="distil from the data-free start (no calibration)")
+    parser.add_argument("--calibrate", action="store_true", help="calibrate before distilling whatever the recipe "
+                        "(default: as `ghostify convert --distill`, only when the recipe is finetune)")
     parser.add_argument("--tune", action="store_true", help="distil on train/ only and measure on val/ (for choosing settings)")
     parser.add_argument("--keep-best", action="store_true", help="distil on train/ only, keep the weights that agree best on val/")
     parser.add_argument("--device", default="cpu")
@@ -98,16 +100,26 @@ def main() -> None:
         say(f"{stage:<24} top-1 {top1:6.1%} (teacher {teacher_top1:.1%}, {(top1 - teacher_top1) * 100:+.1f} pts)  "
             f"agreement {agreement:6.1%}  elapsed {rows[-1]['elapsed_s']:7.1f} s")
 
-    measure("converted (data-free)")
-    if not args.no_calibrate:
-        calibration = ghostify.calibrate(student, teacher, [data / "train"], pipeline=CIFAR)
-        say(f"calibration: {calibration.images} images, {calibration.seconds:.1f} s")
-        measure("calibrated")
-    if not args.calibrate_only:
+    def budget() -> None:
         if args.minutes:  # what is left of the budget, less the final measurement, is distillation's (DistillConfig.minutes)
             options["minutes"] = max(1e-3, (args.minutes * 60 - (time.perf_counter() - start) - 15) / 60)
         else:
             options["epochs"] = args.epochs or 10
+
+    measure("converted (data-free)")
+    calibrating = args.calibrate_only or args.calibrate
+    if not (calibrating or args.no_calibrate):  # as ghostify.recovery: calibrate only before a fine-tune
+        budget()
+        options["recipe"] = planned_config(student, teacher, train, pipeline=CIFAR, device=args.device, val_data=selection,
+                                           **options).recipe
+        calibrating = options["recipe"] == "finetune"
+        say(f"recipe {options['recipe']}: {'calibrating first' if calibrating else 'from the data-free start'}")
+    if calibrating:
+        calibration = ghostify.calibrate(student, teacher, [data / "train"], pipeline=CIFAR)
+        say(f"calibration: {calibration.images} images, {calibration.seconds:.1f} s")
+        measure("calibrated")
+    if not args.calibrate_only:
+        budget()
 
         def show(event: str, info: dict) -> None:
             if event == "budget":

@@ -433,7 +433,7 @@ def convert(
     force: ForceOpt = False,
     dry_run: Annotated[bool, _flag("--dry-run", help="Show the plan only, with per-layer MACs; convert nothing (default: off).")] = False,
     calibrate: Annotated[bool, _flag("--calibrate", help="Fit each ghost module to the original layer's outputs on --data: closed form, no training, a minute or two (default: off).")] = False,
-    distill: Annotated[bool, _flag("--distill", help="Calibrate, then train the ghost model to reproduce the original on --data, by knowledge distillation (default: off).")] = False,
+    distill: Annotated[bool, _flag("--distill", help="Train the ghost model to reproduce the original on --data, by knowledge distillation; calibrates first when the recipe fine-tunes (short runs) or with --calibrate (default: off).")] = False,
     data: DataDirsOpt = None,
     val_data: ValDataOpt = None,
     data_limit: DataLimitOpt = None,
@@ -486,7 +486,7 @@ def convert(
         if recovering:
             pipeline = InputPipeline.for_model(resolved.model, explicit_size, norm_mean, norm_std)
             done = recover(converted, resolved.model, data=list(data or []), val_data=val_data, pipeline=pipeline,
-                            device=device, calibrate=True, distill=distill, samples=calibration_samples or CALIBRATION_SAMPLES,
+                            device=device, calibrate=True if calibrate else None, distill=distill, samples=calibration_samples or CALIBRATION_SAMPLES,
                             options=options, checkpoint=ckpt, resume=resume, start_stage="converted (data-free)",
                             console=stdout)
             if not is_main_process():

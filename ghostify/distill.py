@@ -419,6 +419,68 @@ def _epoch_seconds(student: nn.Module, teacher: nn.Module, dataset: Dataset, val
     return float(_all_reduce(torch.tensor([seconds], dtype=torch.float64), world, "max")[0])  # the slowest sets the pace
 
 
+def _with_options(config: DistillConfig | None, options: dict[str, Any]) -> DistillConfig:
+    return dataclasses.replace(config or DistillConfig(), **options) if options else (config or DistillConfig())
+
+
+def _prepare(student: nn.Module, teacher: nn.Module, data: Any, val_data: Any, pipeline: InputPipeline | None,
+             config: DistillConfig, device: str | torch.device) -> tuple[_World, nn.Module, Dataset, Dataset | None]:
+    """The process group, the teacher in the student's base form, the datasets checked against the teacher's
+    classes; both models moved to the device."""
+    world = _setup_world(device)
+    names = [name for name, module in student.named_modules() if is_ghost_module(module)]
+    teacher = base_form(teacher, get_plan(student))  # re-parameterisable blocks fused, as in the student
+    check_teacher_fits(student, teacher, names)
+    if pipeline is None and not (isinstance(data, Dataset) and (val_data is None or isinstance(val_data, Dataset))):
+        pipeline = InputPipeline.for_model(teacher)  # images from folders (a Dataset needs none)
+    dataset = as_dataset(data, pipeline, train=True, seed=config.seed, augment=config.augment)
+    val_dataset = as_dataset(val_data, pipeline) if val_data is not None else None
+    if len(dataset) == 0:
+        raise GhostifyError("the training data holds no images.")
+    student.to(world.device)
+    teacher.to(world.device).eval()
+    num_outputs = num_classes(teacher, dataset, world.device)
+    check_labels(dataset, num_outputs)
+    if val_dataset is not None:
+        check_labels(val_dataset, num_outputs)
+    return world, teacher, dataset, val_dataset
+
+
+def _budget_epochs(student: nn.Module, teacher: nn.Module, dataset: Dataset, val_dataset: Dataset | None,
+                   config: DistillConfig, world: _World, started: float, progress: ProgressCallback | None) -> DistillConfig:
+    """``config`` with the epochs that fit in what is left of its ``minutes`` (counted from ``started``)."""
+    epoch_seconds = _epoch_seconds(student, teacher, dataset, val_dataset, config, world)
+    left = config.minutes * 60 - (time.perf_counter() - started)
+    # processes started at different moments see different budgets left: all take the smallest
+    epochs = _all_reduce(torch.tensor([max(1, int(left // epoch_seconds))]), world, "min")
+    config = dataclasses.replace(config, epochs=int(epochs[0]))
+    if progress is not None and world.main:
+        progress("budget", {"minutes": config.minutes, "epoch_seconds": epoch_seconds, "epochs": config.epochs})
+    return config
+
+
+def planned_config(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: Any,
+    config: DistillConfig | None = None,
+    *,
+    val_data: Any = None,
+    pipeline: InputPipeline | None = None,
+    device: str | torch.device = "cpu",
+    **options: Any,
+) -> DistillConfig:
+    """The settings ``distill`` would train with given these arguments, without training: the recipe resolved
+    and, with a time budget (``minutes``), the epochs a timed probe says fit. Lets a caller decide what to do
+    first (``ghostify.recovery`` calibrates only before a fine-tune); the probe costs a few batches."""
+    started = time.perf_counter()
+    config = _with_options(config, options)
+    if config.minutes > 0:
+        world, teacher, dataset, val_dataset = _prepare(student, teacher, data, val_data, pipeline, config, device)
+        config = _budget_epochs(student, teacher, dataset, val_dataset, config, world, started, None)
+    return config.resolved()
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -442,24 +504,8 @@ def distill(
     "epoch" events. Returns the student and the per-epoch history.
     """
     started = time.perf_counter()
-    config = dataclasses.replace(config or DistillConfig(), **options) if options else (config or DistillConfig())
-    world = _setup_world(device)
-    names = [name for name, module in student.named_modules() if is_ghost_module(module)]
-    teacher = base_form(teacher, get_plan(student))  # re-parameterisable blocks fused, as in the student
-    check_teacher_fits(student, teacher, names)
-    if pipeline is None and not (isinstance(data, Dataset) and (val_data is None or isinstance(val_data, Dataset))):
-        pipeline = InputPipeline.for_model(teacher)  # images from folders (a Dataset needs none)
-    dataset = as_dataset(data, pipeline, train=True, seed=config.seed, augment=config.augment)
-    val_dataset = as_dataset(val_data, pipeline) if val_data is not None else None
-    if len(dataset) == 0:
-        raise GhostifyError("the training data holds no images.")
-
-    student.to(world.device)
-    teacher.to(world.device).eval()
-    num_outputs = num_classes(teacher, dataset, world.device)
-    check_labels(dataset, num_outputs)
-    if val_dataset is not None:
-        check_labels(val_dataset, num_outputs)
+    config = _with_options(config, options)
+    world, teacher, dataset, val_dataset = _prepare(student, teacher, data, val_data, pipeline, config, device)
     use_labels = config.label_weight > 0 and bool(getattr(dataset, "classes", None))
 
     points = feature_points(student) if config.feature_weight > 0 else []
@@ -489,13 +535,7 @@ def distill(
         result.start_val_agreement = state.get("start_val_agreement")
         best = state.get("best")
     elif config.minutes > 0:
-        epoch_seconds = _epoch_seconds(student, teacher, dataset, val_dataset, config, world)
-        left = config.minutes * 60 - (time.perf_counter() - started)
-        # processes started at different moments see different budgets left: all take the smallest
-        epochs = _all_reduce(torch.tensor([max(1, int(left // epoch_seconds))]), world, "min")
-        config = dataclasses.replace(config, epochs=int(epochs[0]))
-        if progress is not None and world.main:
-            progress("budget", {"minutes": config.minutes, "epoch_seconds": epoch_seconds, "epochs": config.epochs})
+        config = _budget_epochs(student, teacher, dataset, val_dataset, config, world, started, progress)
     config = result.config = config.resolved()
     trainable = [p for p in student.parameters() if p.requires_grad]
     decay = [p for p in trainable if p.ndim > 1]

@@ -151,6 +151,21 @@ def test_calibrate_without_val_data_says_accuracy_is_not_measured(world, tmp_pat
     assert "calibrated 2 layers on 4 images" in result.output
 
 
+@pytest.mark.parametrize("flags, stages", [
+    (["--distill"], ["original", "converted (data-free)", "distilled"]),  # retraining starts from the data-free weights
+    (["--calibrate", "--distill"], ["original", "converted (data-free)", "calibrated", "distilled"]),  # asked for
+])
+def test_a_retraining_distillation_calibrates_only_when_asked(world, tmp_path, flags, stages) -> None:
+    out = tmp_path / "out"
+    result = invoke(*base(world, *flags, "--recipe", "retrain", "--epochs", "1", "--batch-size", "8", "--data", world["flat"],
+                          "--val-data", world["val"], "-o", out))
+    assert result.exit_code == 0, result.output
+    assert ("note: not calibrating: the retrain recipe (1 epochs)" in result.output) == ("--calibrate" not in flags)
+    assert ("calibrated 2 layers" in result.output) == ("--calibrate" in flags)
+    assert_stages(report_of(out), stages)
+    assert_clean(tmp_path)
+
+
 def test_convert_distill_several_data_roots(world, tmp_path) -> None:
     out = tmp_path / "out"
     result = invoke(*base(world, "--distill", "--epochs", "1", "--batch-size", "8", "--data", world["train"],
