@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 import ghostify  # noqa: E402
 from ghostify.data import ImageFiles, InputPipeline  # noqa: E402
 from ghostify.distill import agreement_and_accuracy, distill, planned_config  # noqa: E402
+from ghostify.progress import budget_pace  # noqa: E402
 
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th"}
 MAIN = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 reports
@@ -123,11 +124,8 @@ def main() -> None:
 
         def show(event: str, info: dict) -> None:
             if event == "budget":
-                if info.get("replanned"):
-                    say(f"budget: epoch {info['after_epoch']} took {info['epoch_seconds']:.1f} s -> {info['epochs']} epochs")
-                else:
-                    say(f"budget: {info['epoch_seconds']:.1f} s per epoch -> {info['epochs']} epochs in the "
-                        f"{info['minutes'] * 60:.0f} s left")
+                say(f"budget: {budget_pace(info)} -> {info['epochs']} epochs" +
+                    ("" if info.get("replanned") else f" in the {info['minutes'] * 60:.0f} s left"))
             if event == "epoch":
                 held_out = f"  val/ agreement {info['val_agreement']:.1%}" if info.get("val_agreement") is not None else ""
                 say(f"  epoch {info['epoch']:3d}  loss {info['loss']:.3f}  train agreement {info['train_agreement']:.1%}{held_out}  "

@@ -55,7 +55,6 @@ _RECIPE_FIELDS = ("recipe", *RECIPES["retrain"])  # what a recipe decides unless
 # "auto" retrains from this many epochs on. ResNet-20 s=2 from the calibrated start, val/ agreement, finetune /
 # retrain: 10 epochs 87.4 / 86.3 %, 20 epochs 87.1-87.4 (finetune at 15 and 30) / 86.9 %, 40 epochs 87.4 (30) / 88.6 %.
 RETRAIN_FROM_EPOCHS = 30
-REPLAN_EPOCHS = 2  # a time budget re-sets the epochs after each of the first this many epochs
 
 
 @dataclass(frozen=True)
@@ -92,9 +91,10 @@ class DistillConfig:
     budget) never returns a student worse than the one it was given.
     minutes: a time budget for the whole distillation instead of ``epochs`` (0 = off): a short
     probe (one small epoch on a copy of the student) times an epoch on this machine, and the run
-    gets as many epochs as fit in what is left (at least one); after each of the first two epochs, its
-    real time sets the epochs once more (the probe can be 10-20 % off, and a GPU's first epoch is slow). The chosen ``epochs`` is
-    recorded, so that ``resume`` continues the same schedule.
+    gets as many epochs as fit in what is left (at least one); after every epoch, the mean time of
+    the epochs so far sets the epochs once more (the probe can be 10-20 % off; the first epoch is
+    left out once there are others, as a GPU's pays for warm-up). The chosen ``epochs`` is recorded,
+    so that ``resume`` continues the same schedule.
     """
 
     epochs: int = 10
@@ -561,8 +561,13 @@ def distill(
 
     budgeted = config.minutes > 0 and not resume
 
+    paces: list[float] = []  # seconds of each epoch of this run, held-out evaluation included
+
     def replan(epochs_done: int, epoch_seconds: float) -> DistillConfig:
-        """The epochs that fit in the budget at the pace of the last one (the schedule stretches or shrinks)."""
+        """The epochs that fit in the budget at the pace of the last ones (the schedule stretches or shrinks)."""
+        paces.append(epoch_seconds)
+        settled = paces[1:] or paces  # the first epoch pays for warm-up (on a GPU: 4.2 s, then 2.3-3.2 s)
+        epoch_seconds = sum(settled) / len(settled)
         left = config.minutes * 60 - (time.perf_counter() - started)
         epochs = int(_all_reduce(torch.tensor([epochs_done + max(0, int(left // epoch_seconds))]), world, "min")[0])
         if progress is not None and world.main and epochs != config.epochs:
@@ -602,7 +607,7 @@ def distill(
     clock = time.perf_counter()
     epoch, done = start_epoch, start_step  # done: steps of ``epoch`` finished
     try:
-        while epoch < config.epochs:  # a budget may change config.epochs after the first epochs
+        while epoch < config.epochs:  # a budget may change config.epochs after each epoch
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
             batches = _epoch_batches(len(dataset), config.batch_size, config.seed, epoch)
@@ -666,9 +671,7 @@ def distill(
                 consider(epoch + 1, record.val_agreement)
             result.history.append(record)
             sums = None
-            # the first real epoch corrects the probe's estimate; the second, the first one's warm-up (on a GPU
-            # the first epoch took 4.2 s, the next ones 2.3-3.2: a 3-minute budget ended after 2)
-            if budgeted and epoch - start_epoch < REPLAN_EPOCHS:
+            if budgeted:  # real epochs correct the probe's estimate, and a machine that slows down or speeds up
                 config = replan(epoch + 1, time.perf_counter() - epoch_clock)
             save(epoch + 1, 0, None)
             if progress is not None and world.main:

@@ -447,7 +447,7 @@ def test_a_budget_run_corrects_a_wrong_probe_after_its_first_epoch(pair, data, m
     assert elapsed < 6 * 1.5  # the 6 s budget, give or take an epoch, not 60,000 epochs
 
 
-def test_a_budget_run_with_a_slow_first_epoch_uses_the_time_the_second_one_shows_is_left(pair, data, monkeypatch):
+def test_a_budget_run_with_a_slow_first_epoch_uses_the_time_the_next_ones_show_is_left(pair, data, monkeypatch):
     teacher, start = pair
     monkeypatch.setattr(sys.modules["ghostify.distill"], "_epoch_seconds", lambda *args: 1.0)  # 6 epochs in 6 s
 
@@ -462,8 +462,8 @@ def test_a_budget_run_with_a_slow_first_epoch_uses_the_time_the_second_one_shows
     result = distill(copy.deepcopy(start), teacher, data, batch_size=8, minutes=0.1, progress=events)
     elapsed = time.perf_counter() - clock
     replans = [info for event, info in events.seen if event == "budget" and info.get("replanned")]
-    assert [info["after_epoch"] for info in replans] == [1, 2]
-    assert replans[0]["epochs"] <= 2 < replans[1]["epochs"] == result.config.epochs == len(result.history)
+    assert [info["after_epoch"] for info in replans[:2]] == [1, 2]
+    assert replans[0]["epochs"] <= 2 < replans[1]["epochs"] and replans[-1]["epochs"] == result.config.epochs == len(result.history)
     assert elapsed < 6 * 1.5  # within the budget, give or take an epoch
 
 
