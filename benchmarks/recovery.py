@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import ghostify  # noqa: E402
 from ghostify.data import ImageFiles, InputPipeline  # noqa: E402
-from ghostify.distill import agreement_and_accuracy, distill, planned_config  # noqa: E402
+from ghostify.distill import agreement_and_accuracy, distill, distill_plan  # noqa: E402
 from ghostify.progress import budget_pace  # noqa: E402
 
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th"}
@@ -111,7 +111,7 @@ def main() -> None:
     calibrating = args.calibrate_only or args.calibrate
     if not (calibrating or args.no_calibrate):  # as ghostify.recovery: calibrate only before a fine-tune
         budget()
-        options["recipe"] = planned_config(student, teacher, train, pipeline=CIFAR, device=args.device, val_data=selection,
+        options["recipe"] = distill_plan(student, teacher, train, pipeline=CIFAR, device=args.device, val_data=selection,
                                            **options).recipe
         calibrating = options["recipe"] == "finetune"
         say(f"recipe {options['recipe']}: {'calibrating first' if calibrating else 'from the data-free start'}")

@@ -6,7 +6,7 @@ from .config import GhostConfig
 from .convert import base_form, convert, convert_, plan_conversion
 from .data import InputPipeline
 from .deploy import DeployedGhostConv2d, DeployRecord, deploy
-from .distill import DistillConfig, DistillResult, distill
+from .distill import DistillConfig, DistillResult, distill, distill_plan
 from .errors import GhostifyError
 from .ghost_module import (
     GhostConv1d, GhostConv1dBNReLU, GhostConv2d, GhostConv2dBNReLU, GhostConv3d, GhostConv3dBNReLU,
@@ -35,6 +35,7 @@ __all__ = [
     "InputPipeline",
     "calibrate",
     "distill",
+    "distill_plan",
     "ComparisonReport",
     "ConversionPlan",
     "GhostConfig",

@@ -459,7 +459,7 @@ def _budget_epochs(student: nn.Module, teacher: nn.Module, dataset: Dataset, val
     return config
 
 
-def planned_config(
+def distill_plan(
     student: nn.Module,
     teacher: nn.Module,
     data: Any,

@@ -26,7 +26,7 @@ from .calibrate import calibration_layers, check_teacher_fits
 from .convert import base_form
 from .data import InputPipeline, as_dataset, check_labels
 from .deploy import get_deploy_record
-from .distill import agreement_and_accuracy, num_classes, planned_config
+from .distill import agreement_and_accuracy, num_classes, distill_plan
 from .distill import distill as distill_model
 from .errors import ConfigError
 from .ghost_module import is_ghost_module
@@ -193,7 +193,7 @@ def _fine_tunes(student: nn.Module, teacher: nn.Module, train: Dataset, val: Dat
     ``options``, so that distillation's own timing probe cannot choose the other one."""
     if resuming:
         return False  # calibration is never repeated on resume
-    config = planned_config(student, teacher, train, val_data=val, pipeline=pipeline, device=device, **options)
+    config = distill_plan(student, teacher, train, val_data=val, pipeline=pipeline, device=device, **options)
     options["recipe"] = config.recipe
     if config.recipe == "retrain" and is_main_process():
         console.print(f"note: not calibrating: the retrain recipe ({config.epochs} epochs) trains the ghost modules anew and does "

@@ -26,7 +26,6 @@ from ghostify.distill import (
     feature_points,
     kd_loss,
     load_checkpoint,
-    planned_config,
 )
 from ghostify.errors import ConfigError, GhostifyError
 
@@ -467,14 +466,14 @@ def test_a_budget_run_with_a_slow_first_epoch_uses_the_time_the_next_ones_show_i
     assert elapsed < 6 * 1.5  # within the budget, give or take an epoch
 
 
-def test_the_planned_config_resolves_the_recipe_from_the_epochs_a_budget_allows(pair, data, monkeypatch):
+def test_the_distill_plan_resolves_the_recipe_from_the_epochs_a_budget_allows(pair, data, monkeypatch):
     teacher, start = pair
     monkeypatch.setattr(sys.modules["ghostify.distill"], "_epoch_seconds", lambda *args: 1.0)  # one epoch a second
-    assert planned_config(start, teacher, data, epochs=5).recipe == "finetune"  # no budget: nothing timed
-    assert planned_config(start, teacher, data, epochs=5, recipe="retrain").recipe == "retrain"
-    long = planned_config(start, teacher, data, minutes=1.0)
+    assert ghostify.distill_plan(start, teacher, data, epochs=5).recipe == "finetune"  # no budget: nothing timed
+    assert ghostify.distill_plan(start, teacher, data, epochs=5, recipe="retrain").recipe == "retrain"
+    long = ghostify.distill_plan(start, teacher, data, minutes=1.0)
     assert long.recipe == "retrain" and 55 <= long.epochs <= 60
-    short = planned_config(start, teacher, data, minutes=0.2)
+    short = ghostify.distill_plan(start, teacher, data, minutes=0.2)
     assert short.recipe == "finetune" and 8 <= short.epochs <= 12
 
 
