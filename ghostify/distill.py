@@ -55,6 +55,7 @@ _RECIPE_FIELDS = ("recipe", *RECIPES["retrain"])  # what a recipe decides unless
 # "auto" retrains from this many epochs on. ResNet-20 s=2 from the calibrated start, val/ agreement, finetune /
 # retrain: 10 epochs 87.4 / 86.3 %, 20 epochs 87.1-87.4 (finetune at 15 and 30) / 86.9 %, 40 epochs 87.4 (30) / 88.6 %.
 RETRAIN_FROM_EPOCHS = 30
+PACE_EPOCHS = 5  # a time budget re-sets the epochs from the mean time of this many last epochs
 
 
 @dataclass(frozen=True)
@@ -92,8 +93,8 @@ class DistillConfig:
     minutes: a time budget for the whole distillation instead of ``epochs`` (0 = off): a short
     probe (one small epoch on a copy of the student) times an epoch on this machine, and the run
     gets as many epochs as fit in what is left (at least one); after every epoch, the mean time of
-    the epochs so far sets the epochs once more (the probe can be 10-20 % off; the first epoch is
-    left out once there are others, as a GPU's pays for warm-up). The chosen ``epochs`` is recorded,
+    the last ``PACE_EPOCHS`` sets the epochs once more (the probe can be 10-20 % off, and machines
+    slow down; the first epoch is left out once there are others, as a GPU's pays for warm-up). The chosen ``epochs`` is recorded,
     so that ``resume`` continues the same schedule.
     """
 
@@ -566,13 +567,15 @@ def distill(
     def replan(epochs_done: int, epoch_seconds: float) -> DistillConfig:
         """The epochs that fit in the budget at the pace of the last ones (the schedule stretches or shrinks)."""
         paces.append(epoch_seconds)
-        settled = paces[1:] or paces  # the first epoch pays for warm-up (on a GPU: 4.2 s, then 2.3-3.2 s)
+        # the last few epochs follow a machine that slows down (ResNet-32 here: 45 s, then 52-56 s from epoch 7);
+        # the first epoch pays for warm-up (on a GPU: 4.2 s, then 2.3-3.2 s)
+        settled = paces[1:][-PACE_EPOCHS:] or paces
         epoch_seconds = sum(settled) / len(settled)
         left = config.minutes * 60 - (time.perf_counter() - started)
         epochs = int(_all_reduce(torch.tensor([epochs_done + max(0, int(left // epoch_seconds))]), world, "min")[0])
         if progress is not None and world.main and epochs != config.epochs:
-            progress("budget", {"minutes": config.minutes, "epoch_seconds": epoch_seconds, "epochs": epochs,
-                                "replanned": True, "after_epoch": epochs_done})
+            progress("budget", {"minutes": config.minutes, "epoch_seconds": epoch_seconds, "epochs": epochs, "replanned": True,
+                                "after_epoch": epochs_done, "timed_from": epochs_done - len(settled) + 1})
         result.config = dataclasses.replace(config, epochs=epochs)
         return result.config
 

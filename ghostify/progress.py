@@ -155,11 +155,14 @@ class DistillationProgress(_Display):
 
 def budget_pace(info: dict[str, Any]) -> str:
     """What a "budget" event's epoch time rests on: ``about 3.1 s per epoch`` (the probe's),
-    ``epoch 1 took 3.4 s`` or ``epochs 2-9 took 2.9 s on average`` (the first left out: warm-up)."""
-    done, seconds = info.get("after_epoch"), info["epoch_seconds"]
+    ``epoch 1 took 3.4 s`` or ``epochs 5-9 took 2.9 s on average`` (the last few; never the first
+    once there are others: it pays for warm-up)."""
+    done, first, seconds = info.get("after_epoch"), info.get("timed_from"), info["epoch_seconds"]
     if not info.get("replanned") or done is None:
         return f"about {seconds:.1f} s per epoch"
-    return f"epoch {done} took {seconds:.1f} s" if done <= 2 else f"epochs 2-{done} took {seconds:.1f} s on average"
+    if first is None or first == done:
+        return f"epoch {done} took {seconds:.1f} s"
+    return f"epochs {first}-{done} took {seconds:.1f} s on average"
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:

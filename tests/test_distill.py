@@ -462,6 +462,7 @@ def test_a_budget_run_with_a_slow_first_epoch_uses_the_time_the_next_ones_show_i
     elapsed = time.perf_counter() - clock
     replans = [info for event, info in events.seen if event == "budget" and info.get("replanned")]
     assert [info["after_epoch"] for info in replans[:2]] == [1, 2]
+    assert replans[0]["timed_from"] == 1 and all(info["timed_from"] >= max(2, info["after_epoch"] - 4) for info in replans[1:])
     assert replans[0]["epochs"] <= 2 < replans[1]["epochs"] and replans[-1]["epochs"] == result.config.epochs == len(result.history)
     assert elapsed < 6 * 1.5  # within the budget, give or take an epoch
 
