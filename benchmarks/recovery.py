@@ -101,7 +101,7 @@ def main() -> None:
         say(f"{stage:<24} top-1 {top1:6.1%} (teacher {teacher_top1:.1%}, {(top1 - teacher_top1) * 100:+.1f} pts)  "
             f"agreement {agreement:6.1%}  elapsed {rows[-1]['elapsed_s']:7.1f} s")
 
-    def budget() -> None:
+    def set_length() -> None:
         if args.minutes:  # what is left of the budget, less the final measurement, is distillation's (DistillConfig.minutes)
             options["minutes"] = max(1e-3, (args.minutes * 60 - (time.perf_counter() - start) - 15) / 60)
         else:
@@ -110,9 +110,9 @@ def main() -> None:
     measure("converted (data-free)")
     calibrating = args.calibrate_only or args.calibrate
     if not (calibrating or args.no_calibrate):  # as ghostify.recovery: calibrate only before a fine-tune
-        budget()
+        set_length()
         options["recipe"] = distill_plan(student, teacher, train, pipeline=CIFAR, device=args.device, val_data=selection,
-                                           **options).recipe
+                                         **options).recipe
         calibrating = options["recipe"] == "finetune"
         say(f"recipe {options['recipe']}: {'calibrating first' if calibrating else 'from the data-free start'}")
     if calibrating:
@@ -120,7 +120,7 @@ def main() -> None:
         say(f"calibration: {calibration.images} images, {calibration.seconds:.1f} s")
         measure("calibrated")
     if not args.calibrate_only:
-        budget()
+        set_length()
 
         def show(event: str, info: dict) -> None:
             if event == "budget":
