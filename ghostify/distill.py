@@ -94,8 +94,8 @@ class DistillConfig:
     probe (one small epoch on a copy of the student) times an epoch on this machine, and the run
     gets as many epochs as fit in what is left (at least one); after every epoch, the mean time of
     the last ``PACE_EPOCHS`` sets the epochs once more (the probe can be 10-20 % off, and machines
-    slow down; the first epoch is left out once there are others, as a GPU's pays for warm-up). The chosen ``epochs`` is recorded,
-    so that ``resume`` continues the same schedule.
+    slow down; the first epoch is left out once there are others, as a GPU's pays for warm-up).
+    The chosen ``epochs`` is recorded, so that ``resume`` continues the same schedule.
     """
 
     epochs: int = 10
@@ -564,9 +564,9 @@ def distill(
 
     paces: list[float] = []  # seconds of each epoch of this run, held-out evaluation included
 
-    def replan(epochs_done: int, epoch_seconds: float) -> DistillConfig:
+    def replan(epochs_done: int, last_epoch_seconds: float) -> DistillConfig:
         """The epochs that fit in the budget at the pace of the last ones (the schedule stretches or shrinks)."""
-        paces.append(epoch_seconds)
+        paces.append(last_epoch_seconds)
         # the last few epochs follow a machine that slows down (ResNet-32 here: 45 s, then 52-56 s from epoch 7);
         # the first epoch pays for warm-up (on a GPU: 4.2 s, then 2.3-3.2 s)
         settled = paces[1:][-PACE_EPOCHS:] or paces

@@ -26,7 +26,7 @@ from .calibrate import calibration_layers, check_teacher_fits
 from .convert import base_form
 from .data import InputPipeline, as_dataset, check_labels
 from .deploy import get_deploy_record
-from .distill import agreement_and_accuracy, num_classes, distill_plan
+from .distill import agreement_and_accuracy, distill_plan, num_classes
 from .distill import distill as distill_model
 from .errors import ConfigError
 from .ghost_module import is_ghost_module
