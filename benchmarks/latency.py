@@ -10,8 +10,10 @@ model as ``ghostify.convert`` returns it (train form) and of its deploy form (``
 BatchNorm folded, channel gathers folded into the next layers), with the runs of all models
 interleaved so machine noise hits them alike, and the speedups over the original. Also the
 original with its own BatchNorms folded (``torch.fx``'s ``fuse``), and that again with its
-weights channels_last as the deploy form has them (``ghostify.deploy.to_channels_last``): the
-fairest baseline ("vs best"). Random-weight models get trained-like BatchNorm statistics first
+weights channels_last as the deploy form has them (``ghostify.deploy.to_channels_last``, "vs NHWC"),
+and that again with its convs on oneDNN's prepacked weights as the deploy form's ghost modules run
+on the CPU (``ghostify.prepacked``, "+packed"); the faster of these two is the fairest baseline
+("vs best"). And the deploy form with the packing switched off ("unpacked"). Random-weight models get trained-like BatchNorm statistics first
 (timm starts some BN scales at zero, which no trained model has and which ``deploy`` cannot fold).
 The converted models start from the original weights (``init="transfer"``), so their channel
 assignments are the ones a user's conversion has. ``--compile`` also times every model under
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 import ghostify
+from ghostify import prepacked
 from ghostify.deploy import to_channels_last
 from ghostify.measure import count_macs, example_input, measure_latencies
 
@@ -59,6 +62,18 @@ def bn_folded(model: nn.Module) -> nn.Module:
         return None
 
 
+class Unpacked(nn.Module):
+    """``model`` with ``ghostify.prepacked`` switched off: what the packed weights are worth, side by side."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with prepacked.disabled():
+            return self.model(x)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated SPEC@SIZE (SPEC as for `ghostify convert`)")
@@ -75,7 +90,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"device={args.device} threads={torch.get_num_threads()} repeats={args.repeats} torch={torch.__version__}")
     header = (f"{'model':<16} {'mode':>8} {'batch':>5} {'ratio':>5} {'MACs/img':>9} {'orig ms':>8} {'orig+fold':>9} {'fold+NHWC':>9} "
-              f"{'ghost ms':>8} {'deploy ms':>9} {'ghost x':>7} {'deploy x':>8} {'vs fold':>7} {'vs best':>7}")
+              f"{'+packed':>8} {'ghost ms':>8} {'unpacked':>8} {'deploy ms':>9} {'ghost x':>7} {'deploy x':>8} {'vs fold':>7} {'vs NHWC':>7} {'vs best':>7}")
     print(header)
     print("-" * len(header))
     options = {"skip_stem": False, "skip_output": False} if args.every_conv else {}
@@ -88,7 +103,8 @@ def main() -> None:
         input_size = (3, int(size), int(size))
         one = example_input(input_size, 1)
         fused = bn_folded(model)
-        best = to_channels_last(copy.deepcopy(fused if fused is not None else model))
+        nhwc = to_channels_last(copy.deepcopy(fused if fused is not None else model))
+        best = prepacked.with_prepacked_convs(nhwc)
         converted = {int(r): ghostify.convert(model, ratio=int(r), **options).eval() for r in args.ratios.split(",")}
         deployed = {r: ghostify.deploy(c) for r, c in converted.items()}
         name = Path(spec).name if ".py:" in spec else spec
@@ -97,17 +113,18 @@ def main() -> None:
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             x = example_input(input_size, batch)
             for ratio, ghost in converted.items():
-                eager = [model, ghost, deployed[ratio], best] + ([fused] if fused is not None else [])
+                eager = [model, ghost, deployed[ratio], nhwc, best, Unpacked(deployed[ratio])]
+                eager += [fused] if fused is not None else []
                 for mode in ("eager", "compiled") if args.compile else ("eager",):
                     candidates = eager if mode == "eager" else [torch.compile(m) for m in eager]
                     stats = measure_latencies(candidates, x, warmup=args.warmup, repeats=args.repeats, device=args.device)
-                    orig, train, deploy, nhwc = (s.median_ms for s in stats[:4])
-                    fold = stats[4].median_ms if fused is not None else float("nan")
+                    orig, train, deploy, layout, packed, unpacked = (s.median_ms for s in stats[:6])
+                    fold = stats[6].median_ms if fused is not None else float("nan")
                     macs = count_macs(deployed[ratio], one).total
                     print(
                         f"{name[-16:]:<16} {mode:>8} {batch:>5} {ratio:>5} {macs / 1e9:>8.3f}G {orig:>8.2f} {fold:>9.2f} "
-                        f"{nhwc:>9.2f} {train:>8.2f} {deploy:>9.2f} {orig / train:>6.2f}x {orig / deploy:>7.2f}x "
-                        f"{fold / deploy:>6.2f}x {nhwc / deploy:>6.2f}x", flush=True,
+                        f"{layout:>9.2f} {packed:>8.2f} {train:>8.2f} {unpacked:>8.2f} {deploy:>9.2f} {orig / train:>6.2f}x {orig / deploy:>7.2f}x "
+                        f"{fold / deploy:>6.2f}x {layout / deploy:>6.2f}x {min(layout, packed) / deploy:>6.2f}x", flush=True,
                     )
         print(f"{name} original: {count_macs(model, one).total / 1e9:.3f}G MACs/img")
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import prepacked
 from .config import GhostConfig
 from .conv_equivalent import equivalent_conv
 from .convert import base_form, plan_conversion
@@ -104,9 +105,10 @@ def plan_for_latency(
         conv = equivalent_conv(model.get_submodule(layer.name))
         ghost, _ = build(conv, layer.ratio, plan.config.dw_size, False)  # random weights: timing only
         x = torch.randn(shapes[layer.name], generator=generator)
-        if deploy and type(ghost) is GhostConv2d:  # both as the deployed model runs them: channels_last
+        if deploy and type(ghost) is GhostConv2d:  # both as the deployed model runs them: channels_last, prepacked
             ghost = to_channels_last(DeployedGhostConv2d.empty_like(ghost, gather=False))
-            conv, x = to_channels_last(copy_model(conv)), x.contiguous(memory_format=torch.channels_last)
+            conv = prepacked.prepack_convs_(to_channels_last(copy_model(conv)))
+            x = x.contiguous(memory_format=torch.channels_last)
         layer.latency_ms = list(time_pair(conv, ghost, x, target))
     candidates = list(plan.converted)
     chosen = _within_budget(model, plan, candidates, budget, input_size) if budget else set()

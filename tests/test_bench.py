@@ -11,7 +11,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 import ghostify
+from ghostify import prepacked
 from ghostify.bench import bench
+from ghostify.prepacked import PrepackedConv2d
 from ghostify.cli import app
 from ghostify.errors import ConfigError
 
@@ -50,20 +52,29 @@ def test_speedup_spread_comes_from_paired_runs(monkeypatch):
 
 
 def test_a_channels_last_deploy_form_is_timed_against_a_channels_last_original(monkeypatch):
+    """... and on the CPU against that original with its convs prepacked too, the faster counting."""
     layouts = []
 
     def fake_timing(models, inputs, **_):
-        layouts.append([next(m.parameters()).is_contiguous(memory_format=torch.channels_last) for m in models])
-        return [[1.0], [1.0]], torch.device("cpu"), 1
+        layouts.append([(next(m.parameters()).is_contiguous(memory_format=torch.channels_last),
+                         any(isinstance(sub, PrepackedConv2d) for sub in m.modules())) for m in models])
+        return [[4.0 - i] for i in range(len(models))], torch.device("cpu"), 1
 
     monkeypatch.setattr(sys.modules["ghostify.bench"], "time_interleaved", fake_timing)
     original = tiny()
     converted = ghostify.convert(original, skip_stem=False)
-    for deployed, expected in ((ghostify.deploy(converted), [True, True]),
-                               (ghostify.deploy(converted, channels_last=False), [False, False]), (converted, [False, False])):
-        bench(original, deployed, (3, 8, 8), batch_sizes=(1,), repeats=1)
+    nhwc = [(True, False), (True, True), (True, False)]  # original, original prepacked, deploy form
+    for deployed, expected, form in ((ghostify.deploy(converted), nhwc, "prepacked"),
+                                     (ghostify.deploy(converted, channels_last=False), [(False, False)] * 2, ""),
+                                     (converted, [(False, False)] * 2, "")):
+        row = bench(original, deployed, (3, 8, 8), batch_sizes=(1,), repeats=1).rows[0]
         assert layouts.pop() == expected
+        assert row.original_form == form and row.original.median_ms == 6.0 - len(expected)  # the faster original
+        assert row.speedup == pytest.approx(row.original.median_ms / (5.0 - len(expected)))
     assert next(original.parameters()).is_contiguous()  # the caller's model is untouched
+    with prepacked.disabled():
+        bench(original, ghostify.deploy(converted), (3, 8, 8), batch_sizes=(1,), repeats=1)
+    assert layouts.pop() == nhwc[::2]
 
 
 @pytest.mark.parametrize("sizes", ["0", "1,x", ""])

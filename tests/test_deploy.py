@@ -14,9 +14,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 import ghostify
+from ghostify import prepacked
 from ghostify.cli import app
 from ghostify.deploy import DeployedGhostConv2d, DeployRecord, deploy, to_channels_last
 from ghostify.ghost_module import GhostConv1d, GhostConv3d
+from ghostify.prepacked import PrepackedConv2d
 from ghostify.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -155,17 +157,30 @@ def test_the_intrinsic_maps_shift_is_added_while_copying_and_under_autograd_and_
         assert torch.allclose(compiled(x), expected, atol=1e-5, rtol=1e-4)
 
 
-def test_a_residual_add_keeps_the_gather_and_says_why():
+@pytest.mark.parametrize("channels, scattered", [(8, True), (7, False)])
+def test_a_residual_add_keeps_the_gather_and_says_why(monkeypatch, channels, scattered):
+    """Under channels_last inference the gather writes each map straight to its channel, where the
+    maps are a permutation of the output channels (7 channels at s=2 make 8 maps: one is dropped)."""
     torch.manual_seed(0)
-    model = trained_like_norms(Residual(8))
+    model = trained_like_norms(Residual(channels))
     converted = convert_all(model, include=["conv"])
     deployed = deploy(converted)
     layer = deployed.ghostify_deploy.layers[0]
-    assert layer.gather and layer.folded_norm == "bn"
+    assert layer.gather and layer.folded_norm == "bn" and layer.shifted
     assert "add" in layer.reasons[0]
+    scatter, calls = DeployedGhostConv2d._scatter, []
+    monkeypatch.setattr(DeployedGhostConv2d, "_scatter", lambda *args: calls.append(1) or scatter(*args))
     x = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
-        assert torch.allclose(deployed(x), converted(x), atol=1e-5, rtol=1e-4)
+        expected = converted(x)
+        assert torch.allclose(deployed(x), expected, atol=1e-5, rtol=1e-4)
+        assert len(calls) == scattered
+        assert deployed.conv(deployed.stem(x)).is_contiguous(memory_format=torch.channels_last) == scattered
+        deployed.conv.out_index.copy_(deployed.conv.out_index.flip(0))  # a new order (as load_state_dict would)
+        flipped = deployed.conv(deployed.stem(x))
+        deployed.conv.out_index.copy_(deployed.conv.out_index.flip(0))
+        assert torch.allclose(flipped, deployed.conv(deployed.stem(x)).flip(1), atol=1e-6)
+    assert torch.allclose(deployed(x), expected, atol=1e-5, rtol=1e-4)  # with autograd: cat and gather
 
 
 @pytest.mark.parametrize("make, owner, joined, consumers", [
@@ -292,6 +307,7 @@ def test_deployed_model_saves_loads_and_exports(tmp_path):
     assert loaded.conv.shifted and not loaded.conv.gather
     assert DeployRecord.from_dict(loaded.ghostify_deploy.to_dict()) == deployed.ghostify_deploy
     assert loaded.ghostify_deploy.channels_last and loaded.conv.primary.weight.is_contiguous(memory_format=torch.channels_last)
+    assert [type(m) for m in (loaded.stem, loaded.dw, loaded.head, loaded.conv.primary)] == [PrepackedConv2d] * 3 + [nn.Conv2d]
     with torch.no_grad():
         expected = deployed(x)
         assert torch.equal(loaded(x), expected)
@@ -309,6 +325,8 @@ def test_the_deploy_form_runs_channels_last_unless_asked_not_to():
     assert nhwc.ghostify_deploy.summary().endswith(", channels_last")
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in nhwc.parameters() if w.dim() == 4)
     assert all(w.is_contiguous() for w in nchw.parameters())
+    kept = [name for name, m in nhwc.named_modules() if isinstance(m, PrepackedConv2d)]  # the convs not converted
+    assert kept == ["stem", "dw", "head"] and not any(isinstance(m, PrepackedConv2d) for m in nchw.modules())
     seen = []
     nhwc.conv.register_forward_hook(lambda module, args, out: seen.append(out.is_contiguous(memory_format=torch.channels_last)))
     with torch.no_grad():
@@ -324,24 +342,32 @@ def test_the_deploy_form_runs_channels_last_unless_asked_not_to():
 
 @pytest.mark.parametrize("stride, dilation", [(1, 1), (2, 1), (1, 2)])
 def test_channels_last_inference_on_cpu_goes_straight_to_onednn_and_matches_the_train_form(monkeypatch, stride, dilation):
-    """At batch 1 on small maps PyTorch would pick its native conv, which reorders channels_last inputs."""
+    """At batch 1 on small maps PyTorch would pick its native conv, which reorders channels_last inputs;
+    with no gradient needed both convs of a ghost module run on prepacked weights."""
     torch.manual_seed(0)
     model = trained_like_norms(Chain(4, 8, 3, stride, 1, dilation, False))
     converted = convert_all(model, include=["conv"])
     nhwc, nchw = deploy(converted), deploy(converted, channels_last=False)
     direct, calls = torch.mkldnn_convolution, []
     monkeypatch.setattr(torch, "mkldnn_convolution", lambda *args: calls.append(args[0].shape) or direct(*args))
+    packed_conv2d, packed_calls = prepacked.packed_conv2d, []
+    monkeypatch.setattr(prepacked, "packed_conv2d", lambda conv, x: packed_calls.append(x.shape) or packed_conv2d(conv, x))
     x = torch.randn(1, 4, 10, 10).contiguous(memory_format=torch.channels_last)  # (the 1x1 stem keeps an NCHW input NCHW)
     with torch.no_grad():
         expected = converted(x)
+    got = nhwc(x)  # gradients wanted: the weights are reordered on each call
+    assert calls == [(1, 4, 10, 10)] and not packed_calls  # the primary conv of the one ghost module
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4) and got.requires_grad
+    with torch.no_grad():
         got = nhwc(x)
-        assert calls == [(1, 4, 10, 10)]  # the primary conv of the one ghost module
+        assert len(calls) == 1 and packed_calls == [(1, 4, 10, 10), (1, 4, *got.shape[2:])]  # primary, then cheap
         assert got.is_contiguous(memory_format=torch.channels_last) or got.shape[-1] == 1
         assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
         assert torch.allclose(nchw(x.contiguous()), expected, atol=1e-5, rtol=1e-4)  # NCHW: PyTorch's own choice
         traced = torch.jit.trace(nhwc, x, check_trace=False)  # traced (scripted, compiled, exported) forms keep F.conv2d
         assert torch.allclose(traced(x), expected, atol=1e-5, rtol=1e-4)
-        assert "mkldnn_convolution" not in str(traced.inlined_graph) and len(calls) == 1
+        graph = str(traced.inlined_graph)
+        assert "mkldnn" not in graph and len(calls) == 1 and len(packed_calls) == 2
 
 
 def test_channels_last_leaves_tensors_that_are_not_4d_alone():

@@ -1,0 +1,147 @@
+"""Convs with oneDNN's prepacked weights, for eager float32 inference on the CPU.
+
+PyTorch's CPU conv reorders its weights into oneDNN's blocked layout on every call. For a small
+input that reorder costs as much as the conv itself (ResNet-50 at batch 1: a 3x3 conv of 256
+channels reorders 590 k weights to compute on a 14x14 map). ``torch.compile``'s freezing packs the
+weights once (``mkldnn_reorder_conv2d_weight``) and calls ``mkldnn::_convolution_pointwise`` on
+them; ``conv2d`` does the same in eager mode, keeping the packed weights beside the module for
+each input shape seen, and packing again when the weights change.
+
+Only for channels_last float32 inputs on the CPU, with no gradient needed, in a plain eager call;
+anything else (training, tracing, export, CUDA) runs the module as it is. The packed copies are a
+cache beside the conv (``PackedWeights``): never in its ``state_dict``, and copies and pickles of
+the model start without them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+_CACHE_ATTRIBUTE = "_ghostify_prepacked"
+SHAPES_KEPT = 4  # input shapes whose packed weights one conv keeps (batch sizes a deployment alternates)
+# A plain conv packs its weights from this size on: below it the reorder saves less than the call's own
+# overhead (CIFAR ResNet-56's convs, at most 36,864 weights, ran 1.3x slower packed at batch 1; ResNet-50's
+# 3x3 convs of 128 channels and more, 147,456 weights and up, gain). A ghost module's convs always pack:
+# their alternative, a oneDNN call that reorders, is slower than the packed one at every size.
+PACK_FROM_WEIGHTS = 65_536
+
+try:
+    _pointwise_conv = torch.ops.mkldnn._convolution_pointwise.default
+    _reorder_weight = torch._C._nn.mkldnn_reorder_conv2d_weight
+except (AttributeError, RuntimeError):  # a build without oneDNN
+    _pointwise_conv = _reorder_weight = None
+
+
+_switched_off = False
+
+
+def available() -> bool:
+    """Whether this PyTorch build can run convs on prepacked oneDNN weights (and ``disabled`` is not on)."""
+    return (_pointwise_conv is not None and not _switched_off and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled)
+
+
+@contextmanager
+def disabled() -> Iterator[None]:
+    """Within it, convs run as PyTorch runs them, without packed weights (to compare, or to rule them out)."""
+    global _switched_off
+    before, _switched_off = _switched_off, True
+    try:
+        yield
+    finally:
+        _switched_off = before
+
+
+def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether ``conv2d(conv, x)`` takes the prepacked path (else it calls ``conv(x)``)."""
+    weight = conv.weight
+    return (
+        type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype == torch.float32 == weight.dtype
+        and x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
+        and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))
+        and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+        and not torch.jit.is_tracing() and not torch.compiler.is_compiling() and available()
+    )
+
+
+class PackedWeights:
+    """One conv's packed weights, by input shape (the last ``SHAPES_KEPT``); copies and pickles start empty."""
+
+    def __init__(self) -> None:
+        self._packed: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+
+    def __deepcopy__(self, memo: dict) -> PackedWeights:
+        return PackedWeights()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def get(self, conv: nn.Conv2d, input_shape: tuple[int, ...]) -> torch.Tensor:
+        """``conv``'s weights packed for inputs of ``input_shape``, packed now unless they are already."""
+        weight = conv.weight
+        key = (input_shape, weight.data_ptr(), None if weight.is_inference() else weight._version)
+        packed = self._packed.get(key)
+        if packed is not None:
+            self._packed.move_to_end(key)
+            return packed
+        for old in [old for old in self._packed if old[0] == input_shape]:  # packed from weights since changed
+            del self._packed[old]
+        while len(self._packed) >= SHAPES_KEPT:
+            self._packed.popitem(last=False)
+        with torch.no_grad():
+            packed = _reorder_weight(weight.detach().to_mkldnn(), list(conv.padding), list(conv.stride),
+                                     list(conv.dilation), conv.groups, list(input_shape))
+        self._packed[key] = packed
+        return packed
+
+
+def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``, on weights packed once per input shape where ``applies``; the same result within rounding."""
+    return packed_conv2d(conv, x) if applies(conv, x) else conv(x)
+
+
+def packed_conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` on packed weights, for callers that checked ``applies(conv, x)``."""
+    cache = conv.__dict__.get(_CACHE_ATTRIBUTE)
+    if cache is None:
+        cache = conv.__dict__[_CACHE_ATTRIBUTE] = PackedWeights()
+    packed = cache.get(conv, tuple(x.shape))
+    return _pointwise_conv(x, packed, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
+                           conv.groups, "none", [], "")
+
+
+class PrepackedConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` that runs on packed weights where ``applies`` and it has ``PACK_FROM_WEIGHTS`` weights
+    or more; the same parameters, ``state_dict`` and outputs. The deploy form's kept convs are these."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # TorchScript skips this block
+            if self.weight.numel() >= PACK_FROM_WEIGHTS and applies(self, x):
+                return packed_conv2d(self, x)
+        return self._conv_forward(x, self.weight, self.bias)
+
+
+def prepack_convs_(model: nn.Module, skip: tuple[type[nn.Module], ...] = ()) -> nn.Module:
+    """Make ``model``'s plain ``nn.Conv2d`` layers ``PrepackedConv2d``, in place (not those inside a ``skip`` module)."""
+    inside = {id(sub) for module in model.modules() if isinstance(module, skip) for sub in module.modules()}
+    for module in model.modules():
+        if type(module) is nn.Conv2d and id(module) not in inside:
+            module.__class__ = PrepackedConv2d
+    return model
+
+
+def with_prepacked_convs(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its plain convs ``PrepackedConv2d``: a baseline that owes a deploy form nothing."""
+    return prepack_convs_(copy.deepcopy(model))
