@@ -66,6 +66,7 @@ def main() -> None:
                         "(default: as `ghostify convert --distill`, only when the recipe is finetune)")
     parser.add_argument("--tune", action="store_true", help="distil on train/ only and measure on val/ (for choosing settings)")
     parser.add_argument("--keep-best", action="store_true", help="distil on train/ only, keep the weights that agree best on val/")
+    parser.add_argument("--variant", default="linear", help="the ghost module kind (GhostConfig.variant), e.g. paper-bn-relu")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a DistillConfig field, e.g. lr=0.02")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -83,7 +84,7 @@ def main() -> None:
     start = time.perf_counter()
     teacher = ghostify.resolve_model(str(ROOT / "examples" / "cifar_resnet.py") + f":{args.model}",
                                      checkpoint=shared / "weights" / CHECKPOINTS[args.model]).model.eval()
-    student = ghostify.convert(teacher, ratio=args.ratio)
+    student = ghostify.convert(teacher, ratio=args.ratio, variant=args.variant)
     device = torch.device(args.device)
     teacher.to(device), student.to(device)  # calibration and measurement run where the models are
     rows = []
