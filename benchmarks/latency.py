@@ -11,10 +11,11 @@ BatchNorm folded, channel gathers folded into the next layers), with the runs of
 interleaved so machine noise hits them alike, and the speedups over the original. Also the
 original with its own BatchNorms folded (``torch.fx``'s ``fuse``), and that again with its
 weights channels_last as the deploy form has them (``ghostify.deploy.to_channels_last``, "vs NHWC"),
-and that again with its convs on oneDNN's prepacked weights as the deploy form's ghost modules run
-on the CPU (``ghostify.prepacked``, "+packed"); the faster of these two is the fairest baseline
-("vs best"). And the deploy form with the packing switched off ("unpacked"). Random-weight models get trained-like BatchNorm statistics first
-(timm starts some BN scales at zero, which no trained model has and which ``deploy`` cannot fold).
+and that again with its large convs on oneDNN's prepacked weights, as the deploy form runs its
+convs on the CPU (``ghostify.prepacked``, "+packed"); the faster of these two is the fairest
+baseline ("vs best"). And the deploy form with the packing switched off ("unpacked"). Random-weight
+models get trained-like BatchNorm statistics first (timm starts some BN scales at zero, which no
+trained model has and which ``deploy`` cannot fold).
 The converted models start from the original weights (``init="transfer"``), so their channel
 assignments are the ones a user's conversion has. ``--compile`` also times every model under
 ``torch.compile`` (default inductor backend; on CPU it needs a C++ compiler and takes minutes).

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 import ghostify
 from ghostify import prepacked
 from ghostify.bench import bench
-from ghostify.prepacked import PrepackedConv2d
 from ghostify.cli import app
 from ghostify.errors import ConfigError
+from ghostify.prepacked import PrepackedConv2d
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 runner = CliRunner()

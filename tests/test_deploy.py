@@ -17,9 +17,9 @@ import ghostify
 from ghostify import prepacked
 from ghostify.cli import app
 from ghostify.deploy import DeployedGhostConv2d, DeployRecord, deploy, to_channels_last
+from ghostify.errors import ConfigError
 from ghostify.ghost_module import GhostConv1d, GhostConv3d
 from ghostify.prepacked import PrepackedConv2d
-from ghostify.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 runner = CliRunner()
@@ -132,8 +132,10 @@ def test_deploy_form_equals_train_form_over_the_conv_space(cin, cout, kernel, st
     deployed = deploy(converted)
     with torch.no_grad():
         expected, got = converted(x), deployed(x)
+        packed = deployed(x.contiguous(memory_format=torch.channels_last))  # the ghost module on prepacked weights
     scale = expected.abs().max().item() + 1e-6
     assert (got - expected).abs().max().item() <= 1e-4 * scale
+    assert (packed - expected).abs().max().item() <= 1e-4 * scale
     layer = deployed.ghostify_deploy.layers[0]
     assert isinstance(deployed.conv, DeployedGhostConv2d) and layer.folded_norm == "bn"
     assert isinstance(deployed.bn, nn.Identity)
