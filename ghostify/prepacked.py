@@ -16,6 +16,7 @@ the model start without them.
 from __future__ import annotations
 
 import copy
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,6 +76,7 @@ class PackedWeights:
 
     def __init__(self) -> None:
         self._packed: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()  # a model served from several threads shares its cache
 
     def __deepcopy__(self, memo: dict) -> PackedWeights:
         return PackedWeights()
@@ -92,19 +94,20 @@ class PackedWeights:
         """``conv``'s weights packed for inputs of ``input_shape``, packed now unless they are already."""
         weight = conv.weight
         key = (input_shape, weight.data_ptr(), None if weight.is_inference() else weight._version)
-        packed = self._packed.get(key)
-        if packed is not None:
-            self._packed.move_to_end(key)
+        with self._lock:
+            packed = self._packed.get(key)
+            if packed is not None:
+                self._packed.move_to_end(key)
+                return packed
+            for old in [old for old in self._packed if old[0] == input_shape]:  # packed from weights since changed
+                del self._packed[old]
+            while len(self._packed) >= SHAPES_KEPT:
+                self._packed.popitem(last=False)
+            with torch.no_grad():
+                packed = _reorder_weight(weight.detach().to_mkldnn(), list(conv.padding), list(conv.stride),
+                                         list(conv.dilation), conv.groups, list(input_shape))
+            self._packed[key] = packed
             return packed
-        for old in [old for old in self._packed if old[0] == input_shape]:  # packed from weights since changed
-            del self._packed[old]
-        while len(self._packed) >= SHAPES_KEPT:
-            self._packed.popitem(last=False)
-        with torch.no_grad():
-            packed = _reorder_weight(weight.detach().to_mkldnn(), list(conv.padding), list(conv.stride),
-                                     list(conv.dilation), conv.groups, list(input_shape))
-        self._packed[key] = packed
-        return packed
 
 
 def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -112,3 +113,21 @@ def test_a_prepacked_conv2d_packs_large_weights_only_and_scripts(monkeypatch):
         assert "_ghostify_prepacked" in model[0].__dict__ and "_ghostify_prepacked" in model[2].__dict__
         scripted = torch.jit.script(model)
         assert torch.allclose(scripted(x), expected, atol=1e-5)
+
+
+def test_threads_sharing_a_model_share_its_packed_weights_safely():
+    """A model served from a thread pool: concurrent first calls of several shapes all get right answers."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 8, 3, padding=1).eval()
+    inputs = [channels_last(batch, 4, 6, 6) for batch in range(1, 2 * prepacked.SHAPES_KEPT + 1)] * 4
+    with torch.no_grad():
+        expected = [conv(x) for x in inputs]
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return prepacked.conv2d(conv, x)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(run, inputs))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, expected))
+    assert len(conv.__dict__["_ghostify_prepacked"]) <= prepacked.SHAPES_KEPT
