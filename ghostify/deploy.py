@@ -110,7 +110,7 @@ class DeployedGhostConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # TorchScript skips this block (and what only it calls)
-            if _eager_inference(x):
+            if prepacked.eager_call(x):
                 intrinsic = self._primary_eager(x)
                 ghosts = prepacked.conv2d(self.cheap, intrinsic)
                 if self.out_index is not None and _is_channels_last(intrinsic) and not ghosts.requires_grad:
@@ -195,11 +195,6 @@ class DeployedGhostConv2d(nn.Module):
             ratio=ghost.ratio, dw_size=ghost.dw_size, gather=gather, shifted=shifted,
             device=weight.device, dtype=weight.dtype,
         )
-
-
-def _eager_inference(x: torch.Tensor) -> bool:
-    """Whether ``x`` is a plain tensor run eagerly (not traced, scripted, compiled or exported)."""
-    return type(x) is torch.Tensor and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:

@@ -59,15 +59,19 @@ def disabled() -> Iterator[None]:
         _switched_off = before
 
 
+def eager_call(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a plain tensor run eagerly (not traced, scripted, compiled or exported)."""
+    return type(x) is torch.Tensor and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+
+
 def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether ``conv2d(conv, x)`` takes the prepacked path (else it calls ``conv(x)``)."""
     weight = conv.weight
     return (
-        type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype == torch.float32 == weight.dtype
+        eager_call(x) and x.device.type == "cpu" and x.dtype == torch.float32 == weight.dtype
         and x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
         and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))
-        and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-        and not torch.jit.is_tracing() and not torch.compiler.is_compiling() and available()
+        and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple) and available()
     )
 
 
