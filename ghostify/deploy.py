@@ -8,7 +8,7 @@ go (``deploy``):
 - **BatchNorm folding.** A BatchNorm right after a ghost module is folded into it: its scale into
   the primary conv (and, divided out again, into the cheap conv, which then still reads exactly
   what it was trained on), its shift into the cheap conv's bias for the ghost maps and, for the
-  intrinsic maps, added while they are copied into the output (``intrinsic_shift``). The shift
+  intrinsic maps, added to them once the cheap conv has read them (``intrinsic_shift``). The shift
   cannot go into the primary's bias: the cheap conv pads its input with zeros, and a shifted input
   would need padding with the shift instead.
 - **Channel order folding.** The ghost module's output is left in its natural order (intrinsic
@@ -113,30 +113,31 @@ class DeployedGhostConv2d(nn.Module):
             if prepacked.eager_call(x):
                 intrinsic = self._primary_eager(x)
                 ghosts = prepacked.conv2d(self.cheap, intrinsic)
-                if self.out_index is not None and _is_channels_last(intrinsic) and not ghosts.requires_grad:
-                    positions = self._output_positions(intrinsic.shape[1] + ghosts.shape[1])
-                    if positions is not None:
-                        return self._scatter(intrinsic, ghosts, positions)
-                return self._assemble(intrinsic, ghosts, eager=True)
+                if not (intrinsic.requires_grad or ghosts.requires_grad):
+                    return self._assemble_inference(intrinsic, ghosts)
+                return self._assemble(intrinsic, ghosts)
         intrinsic = self.primary(x)
-        return self._assemble(intrinsic, self.cheap(intrinsic), eager=False)
+        return self._assemble(intrinsic, self.cheap(intrinsic))
 
-    def _assemble(self, intrinsic: torch.Tensor, ghosts: torch.Tensor, eager: bool) -> torch.Tensor:
-        """The intrinsic and ghost maps concatenated (with the intrinsic shift), gathered if asked."""
+    def _assemble_inference(self, intrinsic: torch.Tensor, ghosts: torch.Tensor) -> torch.Tensor:
+        """``_assemble`` with no gradient to keep: the shift is added to the intrinsic maps in place (the
+        cheap conv has read them), and a channels_last gather writes each map straight to its channel."""
+        if self.shifted:
+            intrinsic.add_(self.intrinsic_shift.view(-1, 1, 1))
+        if self.out_index is not None and _is_channels_last(intrinsic):
+            positions = self._output_positions(intrinsic.shape[1] + ghosts.shape[1])
+            if positions is not None:
+                return self._scatter(intrinsic, ghosts, positions)
+        return self._assemble(intrinsic, ghosts, shift=False)
+
+    def _assemble(self, intrinsic: torch.Tensor, ghosts: torch.Tensor, shift: bool = True) -> torch.Tensor:
+        """The intrinsic (plus their shift, if ``shift``) and ghost maps concatenated, gathered if asked."""
         m = intrinsic.shape[1]
         if not self.gather and ghosts.shape[1] != self.out_channels - m:
             ghosts = ghosts[:, :self.out_channels - m]
-        if not self.shifted:
-            out = torch.cat([intrinsic, ghosts], dim=1)
-        elif not eager or ghosts.requires_grad:
-            out = torch.cat([intrinsic + self.intrinsic_shift.view(-1, 1, 1), ghosts], dim=1)
-        else:  # the shift rides along with the copy into the output: no extra pass over the maps
-            size = list(intrinsic.shape)
-            size[1] = m + ghosts.shape[1]
-            layout = torch.channels_last if _is_channels_last(intrinsic) else torch.contiguous_format
-            out = torch.empty(size, dtype=intrinsic.dtype, device=intrinsic.device, memory_format=layout)
-            torch.add(intrinsic, self.intrinsic_shift.view(-1, 1, 1), out=out[:, :m])
-            out[:, m:].copy_(ghosts)
+        if shift and self.shifted:
+            intrinsic = intrinsic + self.intrinsic_shift.view(-1, 1, 1)
+        out = torch.cat([intrinsic, ghosts], dim=1)
         return out if self.out_index is None else out.index_select(1, self.out_index)
 
     def _output_positions(self, maps: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -155,13 +156,11 @@ class DeployedGhostConv2d(nn.Module):
         return cached[1]
 
     def _scatter(self, intrinsic: torch.Tensor, ghosts: torch.Tensor, positions: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """The gathered output written in one pass, each map straight to its channel (channels_last):
-        ``index_select`` after a concatenation copies every map twice and returns NCHW."""
+        """The gathered output written in one pass, each map straight to its channel (channels_last; the
+        intrinsic shift already added): ``index_select`` after a concatenation copies every map twice and returns NCHW."""
         size = list(intrinsic.shape)
         size[1] = self.out_channels
         out = torch.empty(size, dtype=intrinsic.dtype, device=intrinsic.device, memory_format=torch.channels_last)
-        if self.shifted:
-            intrinsic = intrinsic + self.intrinsic_shift.view(-1, 1, 1)
         out.index_copy_(1, positions[0], intrinsic)
         return out.index_copy_(1, positions[1], ghosts)
 

@@ -37,6 +37,7 @@ try:
     _reorder_weight = torch._C._nn.mkldnn_reorder_conv2d_weight
 except (AttributeError, RuntimeError):  # a build without oneDNN
     _pointwise_conv = _reorder_weight = None
+_BUILT_WITH_ONEDNN = _pointwise_conv is not None and torch.backends.mkldnn.is_available()
 
 
 _switched_off = False
@@ -44,8 +45,7 @@ _switched_off = False
 
 def available() -> bool:
     """Whether this PyTorch build can run convs on prepacked oneDNN weights (and ``disabled`` is not on)."""
-    return (_pointwise_conv is not None and not _switched_off and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled)
+    return _BUILT_WITH_ONEDNN and not _switched_off and torch.backends.mkldnn.enabled
 
 
 @contextmanager
@@ -66,12 +66,12 @@ def eager_call(x: torch.Tensor) -> bool:
 
 def applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether ``conv2d(conv, x)`` takes the prepacked path (else it calls ``conv(x)``)."""
-    weight = conv.weight
+    weight = conv.weight  # the cheapest tests first: this runs before every conv of a deploy form
     return (
-        eager_call(x) and x.device.type == "cpu" and x.dtype == torch.float32 == weight.dtype
-        and x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
+        x.dtype == torch.float32 == weight.dtype and x.is_cpu and x.dim() == 4 and x.shape[1] > 1
+        and x.is_contiguous(memory_format=torch.channels_last)
         and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))
-        and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple) and available()
+        and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple) and available() and eager_call(x)
     )
 
 
@@ -80,6 +80,7 @@ class PackedWeights:
 
     def __init__(self) -> None:
         self._packed: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._last: tuple[tuple | None, torch.Tensor | None] = (None, None)  # read without the lock
         self._lock = threading.Lock()  # a model served from several threads shares its cache
 
     def __deepcopy__(self, memo: dict) -> PackedWeights:
@@ -98,10 +99,14 @@ class PackedWeights:
         """``conv``'s weights packed for inputs of ``input_shape``, packed now unless they are already."""
         weight = conv.weight
         key = (input_shape, weight.data_ptr(), None if weight.is_inference() else weight._version)
+        last_key, last_packed = self._last
+        if last_key == key:
+            return last_packed
         with self._lock:
             packed = self._packed.get(key)
             if packed is not None:
                 self._packed.move_to_end(key)
+                self._last = (key, packed)
                 return packed
             for old in [old for old in self._packed if old[0] == input_shape]:  # packed from weights since changed
                 del self._packed[old]
@@ -111,6 +116,7 @@ class PackedWeights:
                 packed = _reorder_weight(weight.detach().to_mkldnn(), list(conv.padding), list(conv.stride),
                                          list(conv.dilation), conv.groups, list(input_shape))
             self._packed[key] = packed
+            self._last = (key, packed)
             return packed
 
 

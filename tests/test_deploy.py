@@ -144,7 +144,7 @@ def test_deploy_form_equals_train_form_over_the_conv_space(cin, cout, kernel, st
         assert not layer.gather and deployed.conv.out_index is None
 
 
-def test_the_intrinsic_maps_shift_is_added_while_copying_and_under_autograd_and_compile():
+def test_the_intrinsic_maps_shift_is_added_in_inference_under_autograd_and_compile():
     torch.manual_seed(0)
     model = trained_like_norms(Chain(3, 8, 3, 1, 1, 1, False))
     converted = convert_all(model, include=["conv"])
@@ -154,6 +154,11 @@ def test_the_intrinsic_maps_shift_is_added_while_copying_and_under_autograd_and_
     with torch.no_grad():
         expected = converted(x)
     assert torch.allclose(deployed(x.requires_grad_()), expected, atol=1e-5, rtol=1e-4)  # the autograd path
+    for parameter in deployed.conv.primary.parameters():  # the primary frozen, the cheap conv trained: the
+        parameter.requires_grad_(False)  # shift must not go into the maps in place, which the cheap conv saved
+    out = deployed(x.detach())
+    out.sum().backward()
+    assert torch.allclose(out, expected, atol=1e-5, rtol=1e-4) and deployed.conv.cheap.weight.grad is not None
     compiled = torch.compile(deployed, backend="eager")
     with torch.no_grad():
         assert torch.allclose(compiled(x), expected, atol=1e-5, rtol=1e-4)
@@ -335,7 +340,7 @@ def test_the_deploy_form_runs_channels_last_unless_asked_not_to():
         expected = converted(x)
         for deployed in (nhwc, nchw):
             assert torch.allclose(deployed(x), expected, atol=1e-5, rtol=1e-4)
-    assert seen == [True]  # the shifted copy into the output keeps the layout
+    assert seen == [True]  # the shifted maps' concatenation keeps the layout
     old = nhwc.ghostify_deploy.to_dict()
     old["version"] = 1
     del old["channels_last"]
