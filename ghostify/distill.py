@@ -47,9 +47,11 @@ CHECKPOINT_RECORD = RecordKind("ghostify distillation checkpoint", "version", CH
 CHECKPOINT_FILE = "distill-checkpoint.pt"
 OPTIMIZERS = ("sgd", "adamw")
 # The two ways to train a student (DistillConfig.recipe), chosen on CIFAR-10 val/ (benchmarks/recovery.py --tune).
+# Both soften the logit KD at T=16: ResNet-20 s=2, val/ agreement, T=4 / 16: retrain 40 epochs 90.7 and 89.3 /
+# 91.6 and 91.2 % (seeds 0, 1), finetune 12 epochs 87.3 / 88.3 %.
 RECIPES: dict[str, dict[str, Any]] = {
-    "retrain": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "freeze_bn": False, "clip_grad": 2.0},
-    "finetune": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 5e-5, "freeze_bn": True, "clip_grad": 0.0},
+    "retrain": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "freeze_bn": False, "clip_grad": 2.0, "temperature": 16.0},
+    "finetune": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 5e-5, "freeze_bn": True, "clip_grad": 0.0, "temperature": 16.0},
 }
 _RECIPE_FIELDS = ("recipe", *RECIPES["retrain"])  # what a recipe decides unless set explicitly
 # "auto" retrains from this many epochs on. ResNet-20 s=2 from the calibrated start, val/ agreement, finetune /
@@ -73,7 +75,9 @@ class DistillConfig:
     "auto" (default): retrain for ``RETRAIN_FROM_EPOCHS`` epochs or more, else finetune.
     optimizer / lr / weight_decay: None takes the recipe's. The schedule is one cycle (``warmup`` of
     the steps rising, cosine decay after).
-    temperature: softening of the logit KD.
+    temperature: softening of the logit KD (None: the recipe's, 16). On few images a high temperature
+    transfers more of the teacher's logits than its top class: at 16 the student fits the training images
+    a little less (96 % agreement against 98 % at 4) and generalises better (val/ above 1 point).
     logit_weight / feature_weight / label_weight: loss mix (labels used only when the data has them).
     mixup: Beta(alpha, alpha) mixing of image pairs (0 = off). seed: every random choice derives from it.
     augment: images read from folders get random crops and flips ("crop-flip"), plus one TrivialAugment op
@@ -105,7 +109,7 @@ class DistillConfig:
     lr: float | None = None
     weight_decay: float | None = None
     warmup: float = 0.15
-    temperature: float = 4.0
+    temperature: float | None = None
     logit_weight: float = 1.0
     feature_weight: float = 5.0
     label_weight: float = 0.0
@@ -133,7 +137,7 @@ class DistillConfig:
         check("lr", self.lr is None or self.lr > 0, "> 0")
         check("optimizer", self.optimizer is None or self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}")
         check("augment", self.augment in AUGMENTATIONS, f"one of {', '.join(AUGMENTATIONS)}")
-        check("temperature", self.temperature > 0, "> 0")
+        check("temperature", self.temperature is None or self.temperature > 0, "> 0")
         check("clip_grad", self.clip_grad is None or self.clip_grad >= 0, ">= 0 (0 = no clipping)")
         check("freeze_bn", self.freeze_bn is None or isinstance(self.freeze_bn, bool), "True or False")
         check("warmup", 0 <= self.warmup < 1, "in [0, 1)")

@@ -300,6 +300,7 @@ def test_the_recipe_is_chosen_by_the_epochs_and_explicit_settings_win():
     assert (mixed.recipe, mixed.optimizer, mixed.lr, mixed.freeze_bn, mixed.clip_grad) == ("retrain", "sgd", 0.02, True, 2.0)
     assert DistillConfig(epochs=40, recipe="finetune").resolved().optimizer == "adamw"
     assert DistillConfig(epochs=1, recipe="retrain").resolved().optimizer == "sgd"
+    assert long.temperature == short.temperature == 16.0 and DistillConfig(temperature=4.0).resolved().temperature == 4.0
     assert long.resolved() == long and DistillConfig.from_dict(long.to_dict()) == long
 
 
@@ -316,9 +317,9 @@ def test_retraining_updates_the_batchnorm_statistics_and_finetuning_keeps_them(p
 
 
 def test_a_checkpoint_from_before_recipes_resumes_with_its_own_settings(pair, data, tmp_path):
-    """Its config has no recipe but the settings of that time (AdamW 1e-3, frozen BN): a resume keeps them."""
+    """Its config has no recipe but the settings of that time (AdamW 1e-3, frozen BN, T=4): a resume keeps them."""
     teacher, start = pair
-    old = dict(FAST, epochs=12, optimizer="adamw", lr=1e-3, weight_decay=5e-5, freeze_bn=True, clip_grad=0.0)
+    old = dict(FAST, epochs=12, optimizer="adamw", lr=1e-3, weight_decay=5e-5, freeze_bn=True, clip_grad=0.0, temperature=4.0)
     whole = copy.deepcopy(start)
     distill(whole, teacher, data, **old)
     checkpoint = tmp_path / "run.pt"
@@ -329,7 +330,8 @@ def test_a_checkpoint_from_before_recipes_resumes_with_its_own_settings(pair, da
     torch.save(state, checkpoint)
     resumed = copy.deepcopy(start)
     result = distill(resumed, teacher, data, checkpoint=checkpoint, resume=True, **dict(FAST, epochs=12))  # defaults: auto
-    assert result.config.optimizer == "adamw" and result.config.freeze_bn and _same_state(resumed, whole)
+    assert result.config.optimizer == "adamw" and result.config.freeze_bn and result.config.temperature == 4.0
+    assert _same_state(resumed, whole)
 
 
 def test_all_loss_weights_zero_is_refused():
