@@ -80,7 +80,6 @@ class PackedWeights:
 
     def __init__(self) -> None:
         self._packed: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self._last: tuple[tuple | None, torch.Tensor | None] = (None, None)  # read without the lock
         self._lock = threading.Lock()  # a model served from several threads shares its cache
 
     def __deepcopy__(self, memo: dict) -> PackedWeights:
@@ -99,14 +98,10 @@ class PackedWeights:
         """``conv``'s weights packed for inputs of ``input_shape``, packed now unless they are already."""
         weight = conv.weight
         key = (input_shape, weight.data_ptr(), None if weight.is_inference() else weight._version)
-        last_key, last_packed = self._last
-        if last_key == key:
-            return last_packed
         with self._lock:
             packed = self._packed.get(key)
             if packed is not None:
                 self._packed.move_to_end(key)
-                self._last = (key, packed)
                 return packed
             for old in [old for old in self._packed if old[0] == input_shape]:  # packed from weights since changed
                 del self._packed[old]
@@ -116,7 +111,6 @@ class PackedWeights:
                 packed = _reorder_weight(weight.detach().to_mkldnn(), list(conv.padding), list(conv.stride),
                                          list(conv.dilation), conv.groups, list(input_shape))
             self._packed[key] = packed
-            self._last = (key, packed)
             return packed
 
 
