@@ -84,7 +84,8 @@ class DistillConfig:
     each with "trivialaugment" (on CIFAR-10 val/ at s=2 it beat crop-flip and mixup, 88.6 % agreement
     against 87.4 %, but at s=4 it diverged at lr 1e-3, so it is not the default); a Dataset passed in
     keeps its own transforms.
-    amp: mixed precision on CUDA (bfloat16 where supported, else float16 with loss scaling).
+    amp: mixed precision where the hardware has it: CUDA (bfloat16 where supported, else float16 with loss
+    scaling), and CPUs with AMX or AVX512-BF16 (bfloat16: 1.4-1.6x faster steps, so more epochs fit in a budget).
     workers: DataLoader worker processes (0 = load in the training process).
     freeze_bn: keep BatchNorm statistics as they are (train the affine parameters only; None: the
     recipe's): a calibrated student starts on the teacher's statistics, which a short run on small
@@ -390,10 +391,19 @@ def _schedule(step: int, total: int, config: DistillConfig) -> float:
 
 
 def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bfloat16 where the GPU has it, else float16; None (full precision) off CUDA."""
-    if not enabled or device.type != "cuda":
+    """The mixed-precision type, where the hardware computes it natively; None (full precision) elsewhere.
+
+    CUDA: bfloat16 where the GPU has it, else float16 (with loss scaling). CPU: bfloat16 on processors with
+    AMX or AVX512-BF16 units, where oneDNN's bfloat16 convolutions are fast (ResNet-20 s=2, one distillation
+    step of 128 images on 2 threads of a Xeon with AMX: 246 ms against 394 ms in float32); on others,
+    bfloat16 would be emulated and slower, so they train in float32."""
+    if not enabled:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()):
+        return torch.bfloat16
+    return None
 
 
 def _epoch_seconds(student: nn.Module, teacher: nn.Module, dataset: Dataset, val_dataset: Dataset | None,
@@ -553,7 +563,7 @@ def distill(
     amp_dtype = _amp_dtype(world.device, config.amp)
 
     def autocast() -> Any:
-        return torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+        return torch.autocast(world.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
 
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     if resume:
@@ -607,8 +617,9 @@ def distill(
         consider(0, result.start_val_agreement)
 
     if progress is not None and world.main:
+        precision = f"{str(amp_dtype).removeprefix('torch.')} mixed precision" if amp_dtype is not None else "float32"
         recipe = (f"{config.recipe} ({config.optimizer} at {config.lr:g}, BatchNorm statistics "
-                  f"{'frozen' if config.freeze_bn else 'updated'})")
+                  f"{'frozen' if config.freeze_bn else 'updated'}, {precision})")
         progress("start", {"epochs": config.epochs, "steps_per_epoch": steps_per_epoch, "images": len(dataset),
                            "epoch": start_epoch, "step": start_step, "world_size": world.size, "recipe": recipe})
     clock = time.perf_counter()

@@ -169,9 +169,9 @@ def test_a_retraining_distillation_calibrates_only_when_asked(world, tmp_path, f
 def test_convert_distill_several_data_roots(world, tmp_path) -> None:
     out = tmp_path / "out"
     result = invoke(*base(world, "--distill", "--epochs", "1", "--batch-size", "8", "--data", world["train"],
-                          "--data", world["flat"], "--val-data", world["val"], "-o", out))
+                          "--data", world["flat"], "--val-data", world["val"], "--full-precision", "-o", out))
     assert result.exit_code == 0, result.output
-    assert "distilling: 26 images, 1 epochs x 3 steps, finetune (adamw at 0.001, BatchNorm statistics frozen)" in result.output
+    assert "distilling: 26 images, 1 epochs x 3 steps, finetune (adamw at 0.001, BatchNorm statistics frozen, float32)" in result.output
     assert "epoch 1/1  loss" in result.output and "val agreement" in result.output
     report = report_of(out)
     assert_stages(report, ["original", "converted (data-free)", "calibrated", "distilled"])

@@ -276,6 +276,22 @@ def test_other_settings_run(pair, data, options):
         assert all(r.logit_loss == 0 for r in result.history)
 
 
+@pytest.mark.parametrize("native_bfloat16", [True, False])
+def test_mixed_precision_on_cpu_is_bfloat16_where_the_processor_computes_it(pair, data, monkeypatch, native_bfloat16):
+    """amp trains in bfloat16 on CPUs with AMX or AVX512-BF16 units (emulated elsewhere, slower: float32 there)."""
+    teacher, start = pair
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native_bfloat16)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    for amp in (True, False):
+        student, seen = copy.deepcopy(start), set()
+        first = next(m for m in student.modules() if isinstance(m, nn.Conv2d))
+        first.register_forward_hook(lambda _m, _i, output: seen.add(output.dtype))
+        result = distill(student, teacher, data, **dict(FAST, amp=amp))
+        assert seen == ({torch.bfloat16} if amp and native_bfloat16 else {torch.float32})
+        assert result.history[-1].loss < 0.9 * result.history[0].loss
+        assert all(p.dtype == torch.float32 for p in student.parameters())  # the weights stay float32
+
+
 def test_teacher_of_another_architecture_does_not_fit(pair, data):
     _, start = pair
     with pytest.raises(GhostifyError, match="does not fit"):
