@@ -392,12 +392,8 @@ def _schedule(step: int, total: int, config: DistillConfig) -> float:
 
 
 def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """The mixed-precision type, where the hardware computes it natively; None (full precision) elsewhere.
-
-    CUDA: bfloat16 where the GPU has it, else float16 (with loss scaling). CPU: bfloat16 on processors with
-    AMX or AVX512-BF16 units, where oneDNN's bfloat16 convolutions are fast (ResNet-20 s=2, one distillation
-    step of 128 images on 2 threads of a Xeon with AMX: 246 ms against 394 ms in float32); on others,
-    bfloat16 would be emulated and slower, so they train in float32."""
+    """The mixed-precision type where the hardware computes it natively (``DistillConfig.amp``); None elsewhere:
+    on a CPU without AMX or AVX512-BF16 units bfloat16 would be emulated, slower than float32."""
     if not enabled:
         return None
     if device.type == "cuda":
