@@ -9,6 +9,7 @@ distillation (on ``train/`` + ``val/``). Wall-clock times are for the whole stag
     python benchmarks/recovery.py --model resnet20 --ratio 2 --calibrate-only
     python benchmarks/recovery.py --model resnet20 --ratio 2 --minutes 5 --keep-best   # val/ held out
     python benchmarks/recovery.py --tune --model resnet20 --ratio 2 --epochs 40 --no-calibrate   # choosing settings
+    python benchmarks/recovery.py --tune --model resnet20 --ratio 2 --epochs 40 --random-init  # what the weights bring
 
 ``--keep-best`` distils on ``train/`` only and passes ``val/`` as held-out data, so that the
 student ends with the weights that agree best on ``val/`` (``DistillConfig.keep_best``); ``test/``
@@ -54,6 +55,14 @@ def shared_dir() -> Path:
     return Path(os.environ.get("GHOSTIFY_SHARED", ROOT.parent / "shared"))
 
 
+def reinitialise(model: torch.nn.Module, seed: int = 0) -> None:
+    """Every layer of ``model`` back to PyTorch's random initialisation, BatchNorm statistics reset (in place)."""
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if module is not model and hasattr(module, "reset_parameters"):
+            module.reset_parameters()  # BatchNorm's also resets its running statistics
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(CHECKPOINTS), default="resnet20")
@@ -66,6 +75,8 @@ def main() -> None:
                         "(default: as `ghostify convert --distill`, only when the recipe is finetune)")
     parser.add_argument("--tune", action="store_true", help="distil on train/ only and measure on val/ (for choosing settings)")
     parser.add_argument("--keep-best", action="store_true", help="distil on train/ only, keep the weights that agree best on val/")
+    parser.add_argument("--random-init", action="store_true",
+                        help="a control: the student starts from random weights, not the original's (implies --no-calibrate)")
     parser.add_argument("--variant", default="linear", help="the ghost module kind (GhostConfig.variant), e.g. paper-bn-relu")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a DistillConfig field, e.g. lr=0.02")
@@ -85,6 +96,9 @@ def main() -> None:
     teacher = ghostify.resolve_model(str(ROOT / "examples" / "cifar_resnet.py") + f":{args.model}",
                                      checkpoint=shared / "weights" / CHECKPOINTS[args.model]).model.eval()
     student = ghostify.convert(teacher, ratio=args.ratio, variant=args.variant)
+    if args.random_init:
+        reinitialise(student)
+        args.no_calibrate = True
     device = torch.device(args.device)
     teacher.to(device), student.to(device)  # calibration and measurement run where the models are
     rows = []
