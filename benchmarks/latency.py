@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--every-conv", action="store_true", help="convert the stem and output convs too (as the paper's counts)")
     parser.add_argument("--compile", action="store_true", help="also time every model under torch.compile")
+    parser.add_argument("--share-across-shortcuts", action="store_true",
+                        help="one channel assignment across option-A shortcuts (GhostConfig.share_across_shortcuts)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,6 +97,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     options = {"skip_stem": False, "skip_output": False} if args.every_conv else {}
+    options["share_across_shortcuts"] = args.share_across_shortcuts
     for item in args.models.split(","):
         spec, _, size = item.rpartition("@")
         resolved = ghostify.resolve_model(spec)

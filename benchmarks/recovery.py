@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--random-init", action="store_true",
                         help="a control: the student starts from random weights, not the original's (implies --no-calibrate)")
     parser.add_argument("--variant", default="linear", help="the ghost module kind (GhostConfig.variant), e.g. paper-bn-relu")
+    parser.add_argument("--share-across-shortcuts", action="store_true",
+                        help="one channel assignment per stage across the option-A shortcuts (GhostConfig.share_across_shortcuts)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a DistillConfig field, e.g. lr=0.02")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -95,7 +97,8 @@ def main() -> None:
     start = time.perf_counter()
     teacher = ghostify.resolve_model(str(ROOT / "examples" / "cifar_resnet.py") + f":{args.model}",
                                      checkpoint=shared / "weights" / CHECKPOINTS[args.model]).model.eval()
-    student = ghostify.convert(teacher, ratio=args.ratio, variant=args.variant)
+    student = ghostify.convert(teacher, ratio=args.ratio, variant=args.variant,
+                               share_across_shortcuts=args.share_across_shortcuts)
     if args.random_init:
         reinitialise(student)
         args.no_calibrate = True

@@ -635,7 +635,8 @@ def _residual_group_of(student: nn.Module) -> dict[str, str]:
     plan = get_plan(student)
     if plan is None or not plan.config.shared_residual_order:
         return {}
-    return {name: owner for owner, names in order_groups(student).items() for name in names}
+    groups = order_groups(student, plan.config.share_across_shortcuts)
+    return {name: owner for owner, names in groups.items() for name in names}
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ With ``GhostConfig.shared_residual_order`` (the default) the modules of such a g
 assignment, chosen for the group as a whole: ``group_channels`` on the sum of their gains (the
 data-free filter fits at conversion; the squared correlations of the original layers' outputs in
 calibration). Each layer's own grouping would reproduce a little more of it than the shared one.
-The groups are the regions of ``deploy.residual_groups``, so that the deploy form finds them again.
+The groups are the regions of ``fold_plan.residual_groups``, so that the deploy form finds them again.
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .deploy import residual_groups
+from .fold_plan import residual_groups
 from .ghost_module import GhostConv2d
 from .weight_transfer import ChannelAssignment, channel_gains, group_channels, transfer_weights
 
 
-def order_groups(model: nn.Module) -> dict[str, list[str]]:
-    """``{owner: [owner, members...]}``: each residual group of ``model`` (``deploy.residual_groups``),
+def order_groups(model: nn.Module, across_shortcuts: bool = False) -> dict[str, list[str]]:
+    """``{owner: [owner, members...]}``: each residual group of ``model`` (``fold_plan.residual_groups``),
     less the members that cannot take the owner's channel assignment (other channels, ratio or cheap kernel)."""
     groups = {}
-    for owner, members in residual_groups(model).items():
+    for owner, members in residual_groups(model, across_shortcuts).items():
         lead = model.get_submodule(owner)
         groups[owner] = [owner] + [name for name in members if shares_order(lead, model.get_submodule(name))]
     return groups
@@ -54,7 +54,8 @@ def joint_assignment(gains: Sequence[torch.Tensor], ratio: int, source_values: S
 
 
 @torch.no_grad()
-def share_residual_orders(converted: nn.Module, originals: Mapping[str, nn.Module]) -> dict[str, float]:
+def share_residual_orders(converted: nn.Module, originals: Mapping[str, nn.Module], across_shortcuts: bool = False,
+                          ) -> dict[str, float]:
     """Re-initialise the ghost modules of every residual group of ``converted`` from their original convs
     under one assignment chosen for the group (``joint_assignment`` of their data-free gains), in place;
     returns each changed module's new fit error.
@@ -62,7 +63,7 @@ def share_residual_orders(converted: nn.Module, originals: Mapping[str, nn.Modul
     ``originals``: the plain conv each ghost module replaced, by name (what ``graph_pass.apply_plan`` returns).
     """
     refitted: dict[str, float] = {}
-    for owner, group in order_groups(converted).items():
+    for owner, group in order_groups(converted, across_shortcuts).items():
         names = [name for name in group if name in originals]
         if len(names) < 2:
             continue

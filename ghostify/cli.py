@@ -115,6 +115,7 @@ SkipStemOpt = Annotated[bool, typer.Option("--skip-stem/--convert-stem", help="K
 SkipOutputOpt = Annotated[bool, typer.Option("--skip-output/--convert-output", help="Keep the convs that produce the model's output, such as a 1x1 classifier conv (default: converting one makes half the class scores cheap copies of the others), or convert them too.", show_default=False)]
 ReparameterizeOpt = Annotated[bool, typer.Option("--reparameterize/--keep-training-form", help="Fuse re-parameterisable blocks (RepVGG, MobileOne, FastViT, LeViT, a conv + BatchNorm with a fuse() method) as timm.utils.reparameterize_model does, then convert their convs too: the converted model is the inference form (default); or keep those blocks and their convs as they are.", show_default=False)]
 SharedOrderOpt = Annotated[bool, typer.Option("--shared-residual-order/--free-channel-order", help="Ghost layers added into one residual stream share one channel assignment, so the deploy form needs no channel gather at the add (default; faster), or let each choose its own (its layer fits a little better before calibration).", show_default=False)]
+AcrossShortcutsOpt = Annotated[bool, typer.Option("--share-across-shortcuts", help="Also share one channel assignment across residual streams joined by a shortcut without a conv (CIFAR ResNets' channel pad): a faster deploy form (ResNet-56: one gather per such shortcut instead of one per block), a worse start for distillation.", show_default=False)]
 SkipPointwiseOpt = Annotated[bool, _flag("--skip-pointwise", help="Leave every 1x1 conv alone (default: off).")]
 CheckpointOpt = Annotated[Optional[Path], _value("--checkpoint", "-c", metavar="FILE", help="Weights to load: a state dict, {'state_dict': ...} or {'model': ...}, a 'module.' prefix is stripped; e.g. -c resnet20.th (default: random weights, seeded and recorded).")]
 TrustOpt = Annotated[bool, _flag("--trust-checkpoint", help="Allow checkpoints holding pickled Python objects; unpickling can run code, so only for files you trust (default: off, weights only).")]
@@ -207,6 +208,7 @@ _SELECTION_OPTIONS: dict[str, tuple[Any, Any]] = {
     "reparameterize": (ReparameterizeOpt, True),
     "skip_pointwise": (SkipPointwiseOpt, False),
     "shared_residual_order": (SharedOrderOpt, True),
+    "share_across_shortcuts": (AcrossShortcutsOpt, False),
 }
 
 
@@ -244,6 +246,7 @@ def _config(ratio: int, selection: dict[str, Any], *, variant: str = "linear", i
         min_channels=selection["min_channels"], skip_stem=selection["skip_stem"], skip_pointwise=selection["skip_pointwise"],
         skip_output=selection["skip_output"], variant=variant, init=init, reparameterize=selection["reparameterize"],
         shared_residual_order=selection["shared_residual_order"],
+        share_across_shortcuts=selection["share_across_shortcuts"],
     )
 
 

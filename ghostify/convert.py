@@ -102,6 +102,6 @@ def _apply(model: nn.Module, plan: ConversionPlan) -> None:
     transfer = plan.config.init == "transfer"
     originals = apply_plan(model, plan, transfer=transfer)
     if transfer and plan.config.shared_residual_order:
-        refitted = share_residual_orders(model, originals)
+        refitted = share_residual_orders(model, originals, plan.config.share_across_shortcuts)
         for layer in plan.converted:
             layer.fit_error = refitted.get(layer.name, layer.fit_error)

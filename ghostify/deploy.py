@@ -18,9 +18,11 @@ go (``deploy``):
   features of a Linear head. At an add or a product (a residual shortcut, a squeeze-excite gate)
   the other operand joins the order: the conv that makes it permutes its output channels, a ghost
   module gathers straight into the order instead of the original one. Where the original order
-  is needed (a concatenation, the model output, a tensor also read elsewhere), the module keeps
-  its gather. Ghost modules added into one residual stream need no gather either when they share
-  one channel assignment (``GhostConfig.shared_residual_order``, the default; ``channel_order``).
+  is needed (a concatenation, the model output), the module keeps its gather, unless the op sits
+  in a submodule that can gather once for the whole region (``ChannelOrderAdapter``: an option-A
+  shortcut's channel pad). Ghost modules added into one residual stream need no gather either when
+  they share one channel assignment (``GhostConfig.shared_residual_order``, the default;
+  ``channel_order``). ``fold_plan`` finds these regions.
 - **Channels-last weights** (``to_channels_last``): the whole network then runs NHWC, where
   depthwise convs and the concatenations are much cheaper on CPU than in NCHW. Run eagerly on
   CPU, a ghost module sends its channels_last input straight to oneDNN, where PyTorch would pick
@@ -29,7 +31,9 @@ go (``deploy``):
 - **Prepacked weights** (``prepacked``): in eager float32 inference on the CPU (no gradient), the
   primary and cheap convs run on weights packed once into oneDNN's layout instead of reordered on
   every call, and so do the large convs a channels_last deploy form keeps (``PrepackedConv2d``);
-  ResNet-50 at batch 1: 36.8 -> 30.5 ms. A module that must gather writes each map straight to
+  ResNet-50 at batch 1: 36.8 -> 30.5 ms. A ghost module keeps its two packed calls for the input
+  shape it last ran on (``prepacked.FastPath``), so a serving loop skips the per-call checks and
+  look-ups (about 10 us of Python per module). A module that must gather writes each map straight to
   its channel of a channels_last output (``_scatter``) rather than concatenating and then
   gathering, which copies twice and returns NCHW.
 
@@ -39,38 +43,24 @@ what it did (``DeployRecord``) so that ``ghostify.save`` / ``load`` rebuild the 
 
 from __future__ import annotations
 
-import heapq
-import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import fx, nn
+from torch import nn
 
 from . import prepacked
 from .errors import ConfigError
+from .fold_plan import is_norm_act, norm_scale_shift, plan_folds
 from .ghost_module import GhostConv2d, intrinsic_channels, mirror_conv_geometry
-from .graph_pass import copy_model, trace  # trace keeps convs and ghost modules whole
+from .graph_pass import copy_model
 from .records import RecordKind
 from .selection import PLAN_ATTRIBUTE, get_plan
 
 DEPLOY_ATTRIBUTE = "ghostify_deploy"
-DEPLOY_RECORD_VERSION = 2  # 2: channels_last (records of version 1 were made without it)
+_FAST_PATH = "_ghostify_fast_path"  # a DeployedGhostConv2d's prepacked.FastPath, beside its state_dict
+DEPLOY_RECORD_VERSION = 3  # 2: channels_last (records of version 1 were made without it); 3: adapters
 DEPLOY_RECORD = RecordKind("deploy record", "version", DEPLOY_RECORD_VERSION, oldest=1)
-
-# Ops that act on each channel alone and keep the channel axis where it is: a channel permutation
-# passes through them unchanged (the parameter-free ones) or with their parameters permuted.
-_ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
-    nn.ELU, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Hardtanh, nn.Softplus,
-)
-_ELEMENTWISE_FUNCTIONS = {
-    F.relu, torch.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.leaky_relu, torch.sigmoid,
-    F.sigmoid, torch.tanh, F.tanh, F.dropout, F.mish, F.elu, F.hardtanh, torch.relu_, F.relu_,
-}
-_ELEMENTWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone"}
-
 
 class DeployedGhostConv2d(nn.Module):
     """Inference form of a ``GhostConv2d`` (see the module docstring); same inputs, same outputs.
@@ -111,9 +101,17 @@ class DeployedGhostConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # TorchScript skips this block (and what only it calls)
             if prepacked.eager_call(x):
+                fast = self.__dict__.get(_FAST_PATH)
+                if fast is not None and fast.serves(x):
+                    primary, cheap = fast.calls
+                    intrinsic = primary(x)
+                    return self._assemble_inference(intrinsic, cheap(intrinsic))
                 intrinsic = self._primary_eager(x)
                 ghosts = prepacked.conv2d(self.cheap, intrinsic)
                 if not (intrinsic.requires_grad or ghosts.requires_grad):
+                    if prepacked.applies(self.primary, x) and prepacked.applies(self.cheap, intrinsic):
+                        self.__dict__[_FAST_PATH] = prepacked.FastPath(x.shape, (
+                            prepacked.PackedCall(self.primary, x.shape), prepacked.PackedCall(self.cheap, intrinsic.shape)))
                     return self._assemble_inference(intrinsic, ghosts)
                 return self._assemble(intrinsic, ghosts)
         intrinsic = self.primary(x)
@@ -124,7 +122,11 @@ class DeployedGhostConv2d(nn.Module):
         cheap conv has read them), and a channels_last gather writes each map straight to its channel."""
         if self.shifted:
             intrinsic.add_(self.intrinsic_shift.view(-1, 1, 1))
-        if self.out_index is not None and _is_channels_last(intrinsic):
+        if self.out_index is None:
+            if ghosts.shape[1] != self.out_channels - intrinsic.shape[1]:
+                ghosts = ghosts[:, :self.out_channels - intrinsic.shape[1]]
+            return torch.cat([intrinsic, ghosts], dim=1)
+        if _is_channels_last(intrinsic):
             positions = self._output_positions(intrinsic.shape[1] + ghosts.shape[1])
             if positions is not None:
                 return self._scatter(intrinsic, ghosts, positions)
@@ -200,6 +202,38 @@ def _is_channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
+def gather_channels(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x.index_select(1, index)``, keeping a channels_last tensor channels_last (``index_select`` returns NCHW)."""
+    if _is_channels_last(x):
+        return x.permute(0, 2, 3, 1).index_select(3, index).permute(0, 3, 1, 2)
+    return x.index_select(1, index)
+
+
+class ChannelOrderAdapter(nn.Module):
+    """A submodule of the user's model that needs the original channel order (an option-A shortcut's channel
+    pad), inside a region that carries another (``fold_plan.Boundary``): its input is gathered back into the
+    original order (``input_index``) and/or its output into the region's (``output_index``), one gather where
+    the region would otherwise need one per ghost module. ``inner`` is the submodule, unchanged."""
+
+    def __init__(self, inner: nn.Module, input_channels: int = 0, output_channels: int = 0) -> None:
+        super().__init__()
+        self.inner = inner
+        self.gathers_input, self.gathers_output = input_channels > 0, output_channels > 0
+        self.register_buffer("input_index", torch.arange(input_channels))
+        self.register_buffer("output_index", torch.arange(output_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gathers_input:
+            x = gather_channels(x, self.input_index)
+        out = self.inner(x)
+        if self.gathers_output:
+            out = gather_channels(out, self.output_index)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"input_channels={self.input_index.numel()}, output_channels={self.output_index.numel()}"
+
+
 @dataclass
 class DeployedLayer:
     """What ``deploy`` did to one ghost module: the BatchNorm folded into it and whether it still gathers."""
@@ -227,6 +261,7 @@ class DeployRecord:
     layers: list[DeployedLayer]
     channels_last: bool = False  # 4-D weights stored channels_last (``to_channels_last``)
     version: int = DEPLOY_RECORD_VERSION
+    adapters: dict[str, tuple[int, int]] = field(default_factory=dict)  # ChannelOrderAdapter: name -> channels in, out
 
     @property
     def gathers(self) -> int:
@@ -240,304 +275,30 @@ class DeployRecord:
         n = len(self.layers)
         if n == 0:
             return "deploy form: nothing to fold (no ghost modules)"
+        adapted = sum(bool(cin) + bool(cout) for cin, cout in self.adapters.values())
         return (f"deploy form: {self.folded_norms} of {n} BatchNorms folded, "
                 f"{n - self.gathers} of {n} channel gathers folded into the next layers"
+                + (f" ({adapted} gathered at the boundary of {', '.join(self.adapters)} instead)" if adapted else "")
                 + (", channels_last" if self.channels_last else ""))
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "layers": [layer.to_dict() for layer in self.layers],
-                "channels_last": self.channels_last}
+                "channels_last": self.channels_last,
+                "adapters": [{"name": name, "input_channels": cin, "output_channels": cout}
+                             for name, (cin, cout) in self.adapters.items()]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeployRecord:
         DEPLOY_RECORD.version_of(data, error=ConfigError)
-        return cls([DeployedLayer.from_dict(item) for item in data["layers"]], bool(data.get("channels_last", False)))
+        adapters = {str(item["name"]): (int(item["input_channels"]), int(item["output_channels"]))
+                    for item in data.get("adapters", [])}
+        return cls([DeployedLayer.from_dict(item) for item in data["layers"]], bool(data.get("channels_last", False)),
+                   adapters=adapters)
 
 
 def get_deploy_record(model: nn.Module) -> DeployRecord | None:
     """What ``deploy`` did to ``model``, or None for a model that is not in deploy form."""
     return getattr(model, DEPLOY_ATTRIBUTE, None)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Planning: which BN folds into which ghost module, and where each permutation goes.
-
-
-@dataclass
-class _Fold:
-    ghost: str
-    norm: str | None
-    passthrough: list[str]  # modules whose per-channel parameters are permuted
-    consumers: list[str]  # modules whose input channels (Linear: input features) are permuted
-    reasons: list[str]
-    producers: list[str] = field(default_factory=list)  # convs whose output channels are permuted
-    gathered_into: list[str] = field(default_factory=list)  # ghost modules that gather into this order
-    order_owner: str | None = None  # the ghost whose order this module gathers into (set by that one's fold)
-
-
-def _call_counts(graph: fx.Graph) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            counts[node.target] = counts.get(node.target, 0) + 1
-    return counts
-
-
-def _norm_scale_shift(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """``a, b`` such that ``norm(y) == a * y + b`` per channel in eval mode."""
-    scale = torch.rsqrt(norm.running_var + norm.eps)
-    if norm.weight is not None:
-        scale = scale * norm.weight
-    shift = -norm.running_mean * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias
-    return scale.detach(), shift.detach()
-
-
-def _foldable_norm(module: nn.Module) -> bool:
-    """A BatchNorm2d (timm's BatchNormAct2d included) whose eval-mode transform is per-channel affine."""
-    if not isinstance(module, nn.BatchNorm2d) or module.running_var is None or module.running_mean is None:
-        return False
-    if type(module) is nn.BatchNorm2d:
-        return True
-    return _is_norm_act(module)
-
-
-def _is_norm_act(module: nn.Module) -> bool:
-    """timm's BatchNormAct2d: BN, then dropout and an activation that are both elementwise."""
-    act, drop = getattr(module, "act", None), getattr(module, "drop", None)
-    return (type(module).__name__ == "BatchNormAct2d" and isinstance(act, _ELEMENTWISE_MODULES)
-            and isinstance(drop, _ELEMENTWISE_MODULES))
-
-
-def _per_channel_module(module: nn.Module) -> bool:
-    """Modules a channel permutation passes through when their per-channel parameters are permuted."""
-    if _foldable_norm(module):
-        return True
-    if isinstance(module, _ELEMENTWISE_MODULES):
-        return True
-    if isinstance(module, nn.PReLU):
-        return True
-    return (type(module) is nn.Conv2d and module.groups == module.in_channels == module.out_channels)
-
-
-def _dense_consumer(module: nn.Module) -> bool:
-    """Modules that read all input channels through a weight whose input axis can be permuted."""
-    if type(module) is nn.Conv2d and module.groups == 1:
-        return True
-    return type(module) in (GhostConv2d, DeployedGhostConv2d) and module.primary.groups == 1
-
-
-def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
-    """What a graph node does, for a reason: ``a residual add (add_2)``, ``AdaptiveAvgPool2d global_pool``."""
-    if node.op == "call_module":
-        return f"{type(modules[node.target]).__name__} {node.target}"
-    if node.target in (operator.add, operator.iadd, torch.add):
-        return f"a residual add ({node.name})"
-    if node.target in (operator.mul, operator.imul, torch.mul):
-        return f"a product ({node.name}, e.g. squeeze-excite)"
-    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
-    return f"{name} ({node.name})"
-
-
-_BINARY_FUNCTIONS = {operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul}
-_BINARY_METHODS = {"add", "add_", "mul", "mul_"}
-
-
-def _is_elementwise(node: fx.Node) -> bool:
-    return (node.op == "call_function" and node.target in _ELEMENTWISE_FUNCTIONS
-            or node.op == "call_method" and node.target in _ELEMENTWISE_METHODS)
-
-
-def _is_binary(node: fx.Node) -> bool:
-    return (len(node.all_input_nodes) == 2 and (node.op == "call_function" and node.target in _BINARY_FUNCTIONS
-                                              or node.op == "call_method" and node.target in _BINARY_METHODS))
-
-
-def _pooled_layout(node: fx.Node, module: nn.Module | None, layout: str) -> str | None:
-    """The layout after a global pool or flatten (``pooled``: N,C,1,1; ``flat``: N,C), None if ``node`` is neither."""
-    if module is not None:
-        if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and module.output_size in (1, (1, 1)):
-            return "pooled"
-        if type(module).__name__ == "SelectAdaptivePool2d" and getattr(module, "pool_type", "") in ("avg", "max", "avgmax"):
-            return "flat" if isinstance(module.flatten, nn.Flatten) else "pooled"
-        if isinstance(module, nn.Flatten) and module.start_dim == 1 and layout == "pooled":
-            return "flat"
-        return None
-    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    if node.op == "call_method" and node.target == "mean" and isinstance(dims, (tuple, list)) and tuple(dims) in ((2, 3), (-2, -1)):
-        return "pooled" if node.kwargs.get("keepdim", False) else "flat"
-    flatten = (node.op == "call_function" and node.target is torch.flatten) or (node.op == "call_method" and node.target == "flatten")
-    if flatten and layout == "pooled" and tuple(node.args[1:2]) == (1,) and not node.kwargs:
-        return "flat"
-    return None
-
-
-def _shared_with_parameters(node: fx.Node, module: nn.Module | None, calls: dict[str, int]) -> bool:
-    """A module called more than once whose parameters a permutation would change for every call.
-    (A parameter-free elementwise module, such as torchvision's one ReLU per block, is no obstacle.)"""
-    return module is not None and calls.get(node.target, 0) != 1 and not isinstance(module, _ELEMENTWISE_MODULES)
-
-
-def _follow(start: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int], order: dict[fx.Node, int],
-            folded_norm_of: dict[str, str | None], claimed: set[str]) -> tuple[_Fold, str | None]:
-    """The region of tensors that can carry ``start``'s channel order, and what to permute for it.
-
-    Walks the users of ``start`` in graph order (so that both operands of an add or product that
-    come from the region are in it when the add is reached): per-channel ops pass the order on,
-    dense convs and (after a global pool) Linear layers absorb it; the other operand of an add or
-    product joins the order by permuting the conv that makes it (``_retarget``).
-    """
-    found = _Fold("", None, [], [], [])
-    layout: dict[fx.Node, str] = {start: "map"}
-    heap = [(order[user], user) for user in start.users]
-    heapq.heapify(heap)
-    while heap:
-        _, node = heapq.heappop(heap)
-        if node in layout:
-            continue
-        state = next(layout[a] for a in node.all_input_nodes if a in layout)
-        if node.op == "output":
-            return found, "its output is a model output"
-        module = modules.get(node.target) if node.op == "call_module" else None
-        if _shared_with_parameters(node, module, calls):
-            return found, f"{node.target} runs more than once"
-        single = len(node.all_input_nodes) == 1
-        if single and module is not None and state != "flat" and _dense_consumer(module):
-            found.consumers.append(node.target)
-            continue
-        if single and type(module) is nn.Linear and state == "flat":
-            found.consumers.append(node.target)
-            continue
-        pooled = _pooled_layout(node, module, state) if single else None
-        if pooled is not None:
-            state = pooled
-        elif single and module is not None and state != "flat" and _per_channel_module(module):
-            if not isinstance(module, _ELEMENTWISE_MODULES):
-                found.passthrough.append(node.target)
-        elif single and module is not None and state == "map" and isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-            pass
-        elif _is_binary(node) and state != "flat":
-            others = [a for a in node.all_input_nodes if a not in layout]
-            for other in others:
-                reason = _retarget(other, modules, calls, folded_norm_of, claimed, found)
-                if reason is not None:
-                    return found, f"{_describe(node, modules)} needs the original channel order ({reason})"
-            state = "map" if "map" in [layout.get(a, "map") for a in node.all_input_nodes] else state
-        elif not (single and _is_elementwise(node)):
-            return found, f"{_describe(node, modules)} needs the original channel order"
-        layout[node] = state
-        for user in node.users:
-            heapq.heappush(heap, (order[user], user))
-    return found, None
-
-
-def _retarget(other: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int],
-              folded_norm_of: dict[str, str | None], claimed: set[str], found: _Fold) -> str | None:
-    """Make ``other`` (an operand of an add or product) come in the region's order: walk back through
-    per-channel ops that only feed that add to the conv that makes it, and permute that conv's outputs (a ghost
-    module: gather into the order). None when done, else why not."""
-    chain: list[str] = []
-    node = other
-    while True:
-        if len(node.users) != 1:
-            return f"{node.name} is also used elsewhere"
-        module = modules.get(node.target) if node.op == "call_module" else None
-        if _shared_with_parameters(node, module, calls):
-            return f"{node.target} runs more than once"
-        if len(node.all_input_nodes) != 1:
-            return f"{node.name} is not made by a conv"
-        if module is not None and (type(module) is nn.Conv2d and module.groups == 1 or type(module) is GhostConv2d):
-            if module.out_channels == 1:  # broadcast over channels: any order will do
-                return None
-            if node.target in claimed:
-                return f"{node.target} already serves another channel order"
-            claimed.add(node.target)
-            norm = folded_norm_of.get(node.target)
-            found.passthrough.extend(name for name in chain if name != norm)
-            (found.gathered_into if type(module) is GhostConv2d else found.producers).append(node.target)
-            return None
-        if module is not None and _per_channel_module(module):
-            if not isinstance(module, _ELEMENTWISE_MODULES):
-                chain.append(node.target)
-        elif not _is_elementwise(node):
-            return f"{node.name} is not made by a conv"
-        node = node.all_input_nodes[0]
-
-
-def _norm_to_fold(node: fx.Node, modules: dict[str, nn.Module], calls: dict[str, int]) -> tuple[str | None, str | None]:
-    """The BatchNorm right after ghost module ``node`` that can be folded into it, or why not (None, None: no BN)."""
-    users = list(node.users)
-    if len(users) != 1 or users[0].op != "call_module" or len(users[0].all_input_nodes) != 1:
-        return None, None
-    name, norm = users[0].target, modules[users[0].target]
-    if not _foldable_norm(norm):
-        if isinstance(norm, nn.modules.batchnorm._NormBase):
-            return None, f"{name} ({type(norm).__name__}) is not a BatchNorm it can fold"
-        return None, None
-    if calls[name] != 1:
-        return None, f"{name} runs more than once"
-    if bool((_norm_scale_shift(norm)[0].abs() < 1e-12).any()):
-        return None, f"{name} has zero scales (BN weight 0), which cannot be folded"
-    return name, None
-
-
-def _plan_folds(model: nn.Module, fold_norms: bool, fold_order: bool) -> list[_Fold]:
-    names = [name for name, module in model.named_modules() if type(module) is GhostConv2d]
-    try:
-        graph = trace(model)
-    except Exception as err:  # noqa: BLE001 - any tracing failure: deploy each module on its own
-        reason = f"the model could not be traced ({type(err).__name__}), so nothing after it is changed"
-        return [_Fold(name, None, [], [], [reason]) for name in names]
-    modules = dict(model.named_modules())
-    calls = _call_counts(graph)
-    order = {node: index for index, node in enumerate(graph.nodes)}
-    ghost_nodes = [node for node in graph.nodes if node.op == "call_module" and type(modules.get(node.target)) is GhostConv2d]
-    folds: dict[str, _Fold] = {}
-    norm_nodes: dict[str, fx.Node] = {}
-    for node in ghost_nodes:
-        fold = folds[node.target] = _Fold(node.target, None, [], [], [])
-        if calls[node.target] != 1:
-            fold.reasons.append("it runs more than once")
-            continue
-        if fold_norms:
-            fold.norm, reason = _norm_to_fold(node, modules, calls)
-            fold.reasons += [reason] if reason else []
-            if fold.norm is not None:
-                norm_nodes[node.target] = next(iter(node.users))
-    folded_norm_of = {name: fold.norm for name, fold in folds.items()}
-    claimed: set[str] = set()  # ghosts and convs whose output order a region has taken
-    for node in ghost_nodes:
-        fold = folds[node.target]
-        if not fold_order or calls[node.target] != 1:
-            continue
-        if node.target in claimed:
-            continue  # another module's region decided this one's order
-        ghost = modules[node.target]
-        if int(ghost.out_index.max()) != ghost.out_channels - 1:
-            fold.reasons.append("its channels leave gaps in the ghost slots (out_channels not a multiple of the ratio)")
-            continue
-        claimed_before = set(claimed)
-        claimed.add(node.target)
-        found, reason = _follow(norm_nodes.get(node.target, node), modules, calls, order, folded_norm_of, claimed)
-        if reason is not None:
-            fold.reasons.append(reason)
-            claimed.intersection_update(claimed_before | {node.target})
-            continue
-        fold.passthrough, fold.consumers, fold.producers = found.passthrough, found.consumers, found.producers
-        fold.gathered_into = found.gathered_into
-        for name in found.gathered_into:
-            folds[name].order_owner = node.target
-    return list(folds.values())
-
-
-def residual_groups(model: nn.Module) -> dict[str, list[str]]:
-    """``{owner: [members]}``: ghost modules (``GhostConv2d``) of a converted model whose outputs are added
-    into the residual stream that ``owner``'s output starts (``deploy`` gathers the members into the
-    owner's order unless they share its channel assignment; ``ghostify.channel_order``)."""
-    if not any(type(module) is GhostConv2d for module in model.modules()):
-        return {}
-    return {fold.ghost: list(fold.gathered_into) for fold in _plan_folds(model, True, True) if fold.gathered_into}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -553,7 +314,7 @@ def _deployed_module(ghost: GhostConv2d, norm: nn.BatchNorm2d | None, gather: bo
     scale = torch.ones(m * ratio, device=weight.device, dtype=torch.float64)
     shift = torch.zeros_like(scale)
     if norm is not None:  # per natural position: the BN parameters of the channel placed there
-        a, b = _norm_scale_shift(norm)
+        a, b = norm_scale_shift(norm)
         scale[ghost.out_index] = a.double()
         shift[ghost.out_index] = b.double()
     a_intr, b_intr = scale[:m], shift[:m]
@@ -598,7 +359,7 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def _norm_replacement(norm: nn.Module) -> nn.Module:
     """What stays of a folded BatchNorm: nothing, or timm BatchNormAct2d's dropout and activation."""
-    if _is_norm_act(norm):
+    if is_norm_act(norm):
         return nn.Sequential(norm.drop, norm.act)
     return nn.Identity()
 
@@ -631,13 +392,18 @@ def deploy(model: nn.Module, *, fold_norms: bool = True, fold_order: bool = True
     if get_plan(model) is None and not any(type(m) is GhostConv2d for m in model.modules()):
         raise ConfigError("the model has no ghost modules to deploy; convert it first (ghostify.convert).")
     deployed = copy_model(model).eval()
-    folds = _plan_folds(deployed, fold_norms, fold_order)
+    folds = plan_folds(deployed, fold_norms, fold_order)
     modules = dict(deployed.named_modules())
     layers = []
     orders: dict[str, torch.Tensor] = {}  # ghost -> the channel order its region carries
+    adapter_orders: dict[str, list[torch.Tensor | None]] = {}  # submodule -> [input index, output index]
     for fold in folds:
-        if fold.consumers or fold.gathered_into or fold.producers:
+        if fold.spreads:
             orders[fold.ghost] = order = _natural_order(modules[fold.ghost])
+            for name in fold.adapted_inputs:
+                adapter_orders.setdefault(name, [None, None])[0] = torch.argsort(order)
+            for name in fold.adapted_outputs:
+                adapter_orders.setdefault(name, [None, None])[1] = order
             for name in fold.passthrough:
                 _permute_per_channel(modules[name], order)
             for name in fold.consumers:
@@ -662,14 +428,30 @@ def deploy(model: nn.Module, *, fold_norms: bool = True, fold_order: bool = True
             _set_module(deployed, fold.norm, _norm_replacement(norm))
         _set_module(deployed, fold.ghost, replacement)
         layers.append(DeployedLayer(fold.ghost, fold.norm, gather, replacement.shifted, fold.reasons))
+    adapters = {name: tuple(0 if index is None else index.numel() for index in indices)
+                for name, indices in adapter_orders.items()}
+    _add_adapters(deployed, adapters)
+    with torch.no_grad():
+        for name, indices in adapter_orders.items():
+            adapter = deployed.get_submodule(name)
+            for index, buffer in zip(indices, (adapter.input_index, adapter.output_index)):
+                if index is not None:
+                    buffer.copy_(index)
     plan = get_plan(model)
     if plan is not None:
         setattr(deployed, PLAN_ATTRIBUTE, plan)
     channels_last = channels_last and bool(layers)
     if channels_last:
         _for_cpu_inference(deployed)
-    setattr(deployed, DEPLOY_ATTRIBUTE, DeployRecord(layers, channels_last))
+    setattr(deployed, DEPLOY_ATTRIBUTE, DeployRecord(layers, channels_last, adapters=adapters))
     return deployed
+
+
+def _add_adapters(model: nn.Module, adapters: dict[str, tuple[int, int]]) -> None:
+    """Wrap each named submodule in a ``ChannelOrderAdapter`` (the deepest first, so that the names still resolve)."""
+    device = next(model.parameters()).device if adapters else None
+    for name in sorted(adapters, key=lambda name: -name.count(".")):
+        _set_module(model, name, ChannelOrderAdapter(model.get_submodule(name), *adapters[name]).to(device))
 
 
 def _for_cpu_inference(model: nn.Module) -> None:
@@ -688,6 +470,7 @@ def apply_deploy_record(model: nn.Module, record: DeployRecord) -> None:
         if layer.folded_norm is not None:
             _set_module(model, layer.folded_norm, _norm_replacement(model.get_submodule(layer.folded_norm)))
         _set_module(model, layer.name, DeployedGhostConv2d.empty_like(ghost, gather=layer.gather, shifted=layer.shifted))
+    _add_adapters(model, record.adapters)
     if record.channels_last:  # loading copies the weights into these tensors, keeping their layout
         _for_cpu_inference(model)
     setattr(model, DEPLOY_ATTRIBUTE, record)

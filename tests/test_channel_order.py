@@ -9,7 +9,8 @@ from torch import nn
 import ghostify
 from ghostify.channel_order import joint_assignment
 from ghostify.config import GhostConfig
-from ghostify.deploy import deploy, residual_groups
+from ghostify.deploy import deploy
+from ghostify.fold_plan import residual_groups
 from ghostify.errors import ConfigError
 from ghostify.weight_transfer import ChannelAssignment, channel_gains, transfer_weights
 

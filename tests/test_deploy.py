@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 import ghostify
 from ghostify import prepacked
 from ghostify.cli import app
-from ghostify.deploy import DeployedGhostConv2d, DeployRecord, deploy, to_channels_last
+from ghostify.deploy import ChannelOrderAdapter, DeployedGhostConv2d, DeployRecord, deploy, to_channels_last
 from ghostify.errors import ConfigError
 from ghostify.ghost_module import GhostConv1d, GhostConv3d
 from ghostify.prepacked import PrepackedConv2d
@@ -57,7 +58,7 @@ class Chain(nn.Module):
 
 
 class Residual(nn.Module):
-    """ghost conv -> BN, added to the input: the gather must stay."""
+    """ghost conv -> BN, added to its input with the channels rolled: the gather must stay."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -68,7 +69,7 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        return self.head(torch.relu(self.bn(self.conv(x)) + x))
+        return self.head(torch.relu(self.bn(self.conv(x)) + x.roll(1, dims=1)))
 
 
 class SqueezeExcite(nn.Module):
@@ -242,6 +243,128 @@ def test_a_parameter_free_module_called_several_times_passes_the_order_on():
     with torch.no_grad():
         expected = converted(x)
         assert (deployed(x) - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+
+
+class PaddedShortcut(nn.Module):
+    """Option-A shortcut of the CIFAR ResNets: subsample, then zero-pad the channels."""
+
+    def __init__(self, pad: int) -> None:
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+
+class Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.shortcut = PaddedShortcut((cout - cin) // 2) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return torch.relu(y + self.shortcut(x))
+
+
+class OptionA(nn.Module):
+    """Two residual stages joined by an option-A shortcut, as CIFAR ResNet-20/56: a stem conv starts the
+    first stream, and no conv makes the second one's shortcut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.blocks = nn.Sequential(Block(8, 8), Block(8, 8), Block(8, 16, 2), Block(16, 16))
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(torch.relu(self.bn(self.stem(x))))
+        return self.fc(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def test_an_option_a_shortcut_is_gathered_once_instead_of_every_block(tmp_path):
+    """The first stream reaches back to the stem conv (its output also feeds the first block's conv); the
+    channel pad needs the original order, so with one channel assignment per stream the shortcut gathers its
+    input back and its output into the second stream's order: 2 gathers where 4 ghost modules would gather.
+    By default each ghost module keeps its own assignment there, and gathers."""
+    torch.manual_seed(0)
+    model = trained_like_norms(OptionA())
+    by_default = deploy(convert_all(model, exclude=["stem"])).ghostify_deploy
+    assert by_default.gathers == 4 and not by_default.adapters
+    assert "no fewer than it saves" in next(layer for layer in by_default.layers if layer.gather).reasons[-1]
+    converted = convert_all(model, exclude=["stem"], share_across_shortcuts=True)
+    deployed = deploy(converted)
+    record = deployed.ghostify_deploy
+    assert record.gathers == 0 and record.adapters == {"blocks.2.shortcut": (8, 16)}
+    assert "(2 gathered at the boundary of blocks.2.shortcut instead)" in record.summary()
+    adapter = deployed.blocks[2].shortcut
+    assert isinstance(adapter, ChannelOrderAdapter) and isinstance(adapter.inner, PaddedShortcut)
+    assert not torch.equal(input_weight(deployed, "stem"), input_weight(converted, "stem"))  # its outputs permuted
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = converted(x)
+        assert (deployed(x) - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+        ghostify.save(deployed, tmp_path / "saved")
+        loaded = ghostify.load(tmp_path / "saved", base_model=model).eval()
+        assert loaded.ghostify_deploy == record and isinstance(loaded.blocks[2].shortcut, ChannelOrderAdapter)
+        assert torch.equal(loaded(x), deployed(x))
+        assert torch.allclose(torch.jit.script(deployed)(x), expected, atol=1e-5)
+        assert torch.allclose(torch.export.export(deployed, (x,)).module()(x), expected, atol=1e-5)
+
+
+class PaddedBlock(nn.Module):
+    """One ghost module whose add reads an option-A shortcut: an adapter would gather as often as the ghost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv, self.bn = nn.Conv2d(4, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8)
+        self.shortcut = PaddedShortcut(2)
+        self.head = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        return self.head(torch.relu(self.bn(self.conv(x)) + self.shortcut(x)))
+
+
+def test_a_boundary_gather_is_not_taken_where_it_saves_nothing():
+    torch.manual_seed(0)
+    model = trained_like_norms(PaddedBlock())
+    converted = convert_all(model, include=["conv"])
+    deployed = deploy(converted)
+    layer, = deployed.ghostify_deploy.layers
+    assert layer.gather and not deployed.ghostify_deploy.adapters
+    assert "would need 1 gather(s) at the boundary of shortcut, no fewer than it saves" in layer.reasons[-1]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = converted(x)
+        assert (deployed(x) - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+
+
+def test_repeated_inference_keeps_its_packed_calls_and_follows_what_changes(monkeypatch):
+    """A serving loop runs each ghost module on the packed calls it made on the first call; new weights, another
+    input shape or a gradient to keep go the long way again, and copies start without them."""
+    torch.manual_seed(0)
+    converted = convert_all(trained_like_norms(Chain(4, 8, 3, 1, 1, 1, False)), include=["conv"])
+    deployed = deploy(converted)
+    x = torch.randn(1, 4, 10, 10).contiguous(memory_format=torch.channels_last)
+    packed_conv2d, calls = prepacked.packed_conv2d, []
+    monkeypatch.setattr(prepacked, "packed_conv2d", lambda conv, x: calls.append(x.shape) or packed_conv2d(conv, x))
+    with torch.no_grad():
+        first = deployed.conv(x)
+        fast = deployed.conv.__dict__["_ghostify_fast_path"]
+        assert fast.shape == x.shape and len(calls) == 2
+        assert torch.equal(deployed.conv(x), first) and len(calls) == 2  # straight to the packed calls
+        deployed.conv.primary.weight.mul_(2)
+        twin = copy.deepcopy(deployed)  # starts without packed calls: the long way
+        assert "_ghostify_fast_path" not in vars(twin.conv) or twin.conv.__dict__["_ghostify_fast_path"].shape is None
+        assert torch.allclose(deployed.conv(x), twin.conv(x), atol=1e-6) and not torch.allclose(deployed.conv(x), first)
+        batch = torch.cat([x, torch.randn(2, 4, 10, 10)]).contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(deployed.conv(batch)[:1], deployed.conv(x), atol=1e-6)
+        assert deployed.conv.__dict__["_ghostify_fast_path"].shape == x.shape
+    out = deployed.conv(x)
+    assert out.requires_grad and torch.allclose(out, twin.conv(x), atol=1e-6)
 
 
 def input_weight(model: nn.Module, name: str) -> torch.Tensor:
@@ -454,3 +577,17 @@ def test_cli_convert_deploy_writes_a_loadable_deploy_form_and_bench_times_it(tmp
     torch.save(original.state_dict(), tmp_path / "weights.pt")
     result = runner.invoke(app, ["distill", "out", "--data", "images", "--epochs", "1", "-c", "weights.pt"])
     assert result.exit_code == 1 and "deploy form" in result.output and "then deploy it" in result.output, result.output
+
+
+def test_cli_share_across_shortcuts_gives_a_cifar_resnet_a_deploy_form_without_gathers(tmp_path):
+    spec = str(Path(__file__).resolve().parents[1] / "examples" / "cifar_resnet.py") + ":resnet20"
+    outputs = {}
+    for flags in ([], ["--share-across-shortcuts"]):
+        out = tmp_path / ("shared" if flags else "default")
+        result = runner.invoke(app, ["convert", spec, "--input-size", "3,32,32", "--deploy", "-o", str(out), *flags])
+        assert result.exit_code == 0, result.output
+        outputs[bool(flags)] = result.output
+        assert ghostify.get_plan(ghostify.load(out)).config.share_across_shortcuts == bool(flags)
+    assert "9 of 18 channel gathers folded" in outputs[False]
+    assert ("18 of 18 channel gathers folded into the next layers (4 gathered at the boundary of layer2.0.shortcut, "
+            "layer3.0.shortcut instead)") in " ".join(outputs[True].split())
