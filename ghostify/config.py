@@ -74,11 +74,12 @@ class GhostConfig:
     shared_residual_order: the ghost modules added into one residual stream share one channel
     assignment, so that the deploy form needs no channel gather at the add (``ghostify.channel_order``;
     default). False lets each choose its own, which fits its layer a little better.
-    share_across_shortcuts: also share one assignment across residual streams that meet only at a submodule
-    needing the original channel order (an option-A shortcut's channel pad, as in CIFAR ResNets), whose deploy
-    form then gathers once at that submodule instead of at every block (CIFAR ResNet-56 at batch 1 on CPU:
-    1.1-1.4x faster than the original instead of about 1.0x). Off by default: on CIFAR ResNet-20 it cost 1.1-1.6
-    points of teacher agreement on ``val/`` after distillation (benchmarks/recovery.py --tune).
+    share_across_shortcuts: with ``shared_residual_order``, also share one assignment in residual streams whose
+    region reaches a submodule needing the original channel order (an option-A shortcut's channel pad, as in
+    CIFAR ResNets); the deploy form then gathers once at that submodule instead of at every block (CIFAR
+    ResNet-56: 4 gathers instead of 27; at batch 1 on a 2-core CPU 0.86-1.21x the original's speed in
+    benchmarks/latency.py runs, against 0.80x). Off by default: on CIFAR ResNet-20 it cost 1.1-1.6 points of
+    teacher agreement on ``val/`` after distillation (benchmarks/recovery.py --tune).
     """
 
     ratio: int = 2

@@ -14,7 +14,7 @@ one tensor in and one out (an option-A shortcut: subsample, then pad the channel
 adapted instead (``ChannelOrderAdapter`` in ``deploy``): one gather at its input back to the original
 order, or at its output into the region's, where the region would need one per ghost module. An adapter
 is used only where it saves gathers: where the ghost modules of the region share one channel assignment
-(CIFAR ResNet-56: 4 gathers at its two shortcuts instead of 27).
+(``GhostConfig.share_across_shortcuts``; CIFAR ResNet-56: 4 gathers at its two shortcuts instead of 27).
 
 ``plan_folds`` plans every ghost module of a model; ``deploy`` applies the plan.
 """
