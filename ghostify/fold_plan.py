@@ -231,7 +231,7 @@ def _boundary_around(node: fx.Node, graph: fx.Graph, modules: dict[str, nn.Modul
                             if any(entry[0] == path for entry in (n.meta.get("nn_module_stack") or {}).values()))
         inputs = {a for n in members for a in n.all_input_nodes if a not in members}
         outputs = [n for n in members if any(user not in members for user in n.users)]
-        ghosts = any(n.op == "call_module" and type(modules.get(n.target)) is GhostConv2d for n in members)
+        ghosts = any(type(module) is GhostConv2d for module in modules[path].modules())  # (a leaf module's too)
         if len(inputs) == 1 and len(outputs) == 1 and not ghosts:
             return Boundary(path, next(iter(inputs)), outputs[0], members)
     return None
@@ -265,7 +265,11 @@ class _Region:
     def _add(self, node: fx.Node, state: str) -> None:
         self.layout[node] = state
         for user in node.users:
-            heapq.heappush(self.heap, (self.context.order[user], user))
+            boundary = next((b for b in self.boundaries.values() if user in b.members), None)
+            if boundary is None:
+                heapq.heappush(self.heap, (self.context.order[user], user))
+            elif boundary.name not in self.found.adapted_inputs:  # it reads the boundary's input, gathered back
+                self.found.adapted_inputs.append(boundary.name)
 
     def _module(self, node: fx.Node) -> nn.Module | None:
         return self.context.modules.get(node.target) if node.op == "call_module" else None
@@ -282,11 +286,6 @@ class _Region:
     def _visit(self, node: fx.Node) -> tuple[str, fx.Node] | None:
         """``node`` reads a tensor of the region: absorb the order, pass it on, or say why not."""
         state = next(self.layout[a] for a in node.all_input_nodes if a in self.layout)
-        for boundary in self.boundaries.values():
-            if node in boundary.members:  # it reads the boundary's input, gathered back to the original order
-                if boundary.name not in self.found.adapted_inputs:
-                    self.found.adapted_inputs.append(boundary.name)
-                return None
         if node.op == "output":
             return "its output is a model output", node
         module, graph = self._module(node), self.context

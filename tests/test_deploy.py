@@ -313,6 +313,38 @@ def test_an_option_a_shortcut_is_gathered_once_instead_of_every_block(tmp_path):
         assert torch.allclose(torch.export.export(deployed, (x,)).module()(x), expected, atol=1e-5)
 
 
+class ShuffledShortcut(nn.Module):
+    """A residual stream through a leaf module that needs the original order, whose input and output are both
+    in the stream: it gathers on both sides (2 gathers for 3 ghost modules), whichever side the region reaches first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv1, self.bn1 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv3, self.bn3 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.shuffle = nn.ChannelShuffle(2)
+        self.head = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = torch.relu(self.bn1(self.conv1(x)) + self.shuffle(x) + x)
+        y = torch.relu(self.bn2(self.conv2(y)) + y)
+        return self.head(torch.relu(self.bn3(self.conv3(y)) + y))
+
+
+def test_a_leaf_module_inside_the_stream_gathers_its_input_and_its_output():
+    torch.manual_seed(0)
+    model = trained_like_norms(ShuffledShortcut())
+    converted = convert_all(model, include=["conv1", "conv2", "conv3"], share_across_shortcuts=True)
+    deployed = deploy(converted)
+    assert deployed.ghostify_deploy.adapters == {"shuffle": (8, 8)} and deployed.ghostify_deploy.gathers == 0
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = converted(x)
+        assert (deployed(x) - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+
+
 class PaddedBlock(nn.Module):
     """One ghost module whose add reads an option-A shortcut: an adapter would gather as often as the ghost."""
 
