@@ -28,19 +28,21 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torchvision.ops import StochasticDepth, stochastic_depth
 
 from .ghost_module import GhostConv2d
 from .graph_pass import trace  # trace keeps convs and ghost modules whole
 
 # Ops that act on each channel alone and keep the channel axis where it is: a channel permutation
 # passes through them unchanged (the parameter-free ones) or with their parameters permuted.
+# (Stochastic depth scales whole samples: torchvision's EfficientNet and ConvNeXt blocks end with it.)
 _ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
-    nn.ELU, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Hardtanh, nn.Softplus,
+    nn.ELU, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.Hardtanh, nn.Softplus, StochasticDepth,
 )
 _ELEMENTWISE_FUNCTIONS = {
     F.relu, torch.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.leaky_relu, torch.sigmoid,
-    F.sigmoid, torch.tanh, F.tanh, F.dropout, F.mish, F.elu, F.hardtanh, torch.relu_, F.relu_,
+    F.sigmoid, torch.tanh, F.tanh, F.dropout, F.mish, F.elu, F.hardtanh, torch.relu_, F.relu_, stochastic_depth,
 }
 _ELEMENTWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone"}
 
@@ -161,7 +163,8 @@ def _pooled_layout(node: fx.Node, module: nn.Module | None, layout: str) -> str 
     if node.op == "call_method" and node.target == "mean" and isinstance(dims, (tuple, list)) and tuple(dims) in ((2, 3), (-2, -1)):
         return "pooled" if node.kwargs.get("keepdim", False) else "flat"
     flatten = (node.op == "call_function" and node.target is torch.flatten) or (node.op == "call_method" and node.target == "flatten")
-    if flatten and layout == "pooled" and tuple(node.args[1:2]) == (1,) and not node.kwargs:
+    if flatten and layout == "pooled" and (tuple(node.args[1:]) == (1,) and not node.kwargs
+                                           or len(node.args) == 1 and node.kwargs == {"start_dim": 1}):
         return "flat"
     return None
 
@@ -360,12 +363,14 @@ def _walk_region(context: _Graph, owner: GhostConv2d, start: fx.Node, claimed: s
     Where it fails inside a submodule that can be a ``Boundary``, walk again with that boundary; with
     ``weigh_adapters``, a region whose adapters would gather as often as it saves fails too."""
     boundaries: dict[str, Boundary] = {}
+    first_failure = None
     while True:
         taken = set(claimed)
         region = _Region(context, start, taken, boundaries)
         failure = region.run()
         if failure is None:
             break
+        first_failure = first_failure or failure[0]
         boundary = _boundary_around(failure[1], context.graph, context.modules)
         if boundary is None or boundary.name in boundaries:
             return region.found, claimed, failure[0]
@@ -375,8 +380,8 @@ def _walk_region(context: _Graph, owner: GhostConv2d, start: fx.Node, claimed: s
     sharing = [name for name in found.gathered_into if torch.equal(context.modules[name].out_index, owner.out_index)]
     if weigh_adapters and adapters >= 1 + len(sharing):  # each adapter gathers once: worth it only where it saves more
         names = ", ".join(found.adapted_inputs + found.adapted_outputs)
-        return found, claimed, (f"its order would need {adapters} gather(s) at the boundary of {names}, "
-                                "no fewer than it saves")
+        return found, claimed, (f"{first_failure}; {adapters} gather(s) at the boundary of {names} instead "
+                                "would save no more")
     return found, taken, None
 
 
