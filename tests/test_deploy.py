@@ -116,6 +116,13 @@ def convert_all(model: nn.Module, **options) -> nn.Module:
     return ghostify.convert(model, skip_stem=False, skip_output=False, min_channels=1, **options).eval()
 
 
+def assert_same_outputs(deployed: nn.Module, converted: nn.Module, x: torch.Tensor) -> None:
+    """The deploy form computes what the converted model does, within float32 rounding."""
+    with torch.no_grad():
+        expected = converted(x)
+        assert (deployed(x) - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+
+
 @settings(max_examples=40, deadline=None, derandomize=True, database=None)
 @given(
     cin=st.integers(1, 6), cout=st.integers(2, 12), kernel=st.sampled_from([1, 3]), stride=st.integers(1, 2),
@@ -239,10 +246,7 @@ def test_a_parameter_free_module_called_several_times_passes_the_order_on():
     converted = convert_all(model, exclude=["stem", "head"])
     deployed = deploy(converted)
     assert deployed.ghostify_deploy.gathers == 0
-    x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        expected = converted(x)
-        assert (deployed(x) - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+    assert_same_outputs(deployed, converted, torch.randn(2, 3, 8, 8))
 
 
 class PaddedShortcut(nn.Module):
@@ -302,9 +306,9 @@ def test_an_option_a_shortcut_is_gathered_once_instead_of_every_block(tmp_path):
     assert isinstance(adapter, ChannelOrderAdapter) and isinstance(adapter.inner, PaddedShortcut)
     assert not torch.equal(input_weight(deployed, "stem"), input_weight(converted, "stem"))  # its outputs permuted
     x = torch.randn(2, 3, 8, 8)
+    assert_same_outputs(deployed, converted, x)
     with torch.no_grad():
         expected = converted(x)
-        assert (deployed(x) - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
         ghostify.save(deployed, tmp_path / "saved")
         loaded = ghostify.load(tmp_path / "saved", base_model=model).eval()
         assert loaded.ghostify_deploy == record and isinstance(loaded.blocks[2].shortcut, ChannelOrderAdapter)
@@ -339,10 +343,7 @@ def test_a_leaf_module_inside_the_stream_gathers_its_input_and_its_output():
     converted = convert_all(model, include=["conv1", "conv2", "conv3"], share_across_shortcuts=True)
     deployed = deploy(converted)
     assert deployed.ghostify_deploy.adapters == {"shuffle": (8, 8)} and deployed.ghostify_deploy.gathers == 0
-    x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        expected = converted(x)
-        assert (deployed(x) - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+    assert_same_outputs(deployed, converted, torch.randn(2, 3, 8, 8))
 
 
 class StochasticDepthBlock(nn.Module):
@@ -370,10 +371,7 @@ def test_stochastic_depth_and_a_keyword_flatten_pass_the_order_on():
     converted = convert_all(model, include=["conv1", "conv2"])
     deployed = deploy(converted)
     assert deployed.ghostify_deploy.gathers == 0, [layer.reasons for layer in deployed.ghostify_deploy.layers]
-    x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        expected = converted(x)
-        assert (deployed(x) - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+    assert_same_outputs(deployed, converted, torch.randn(2, 3, 8, 8))
 
 
 class PaddedBlock(nn.Module):
@@ -400,10 +398,7 @@ def test_a_boundary_gather_is_not_taken_where_it_saves_nothing():
     assert layer.gather and not deployed.ghostify_deploy.adapters
     assert layer.reasons[-1] == ("a residual add (add) needs the original channel order (pad is not made by a conv); "
                                  "1 gather(s) at the boundary of shortcut instead would save no more")
-    x = torch.randn(2, 3, 8, 8)
-    with torch.no_grad():
-        expected = converted(x)
-        assert (deployed(x) - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
+    assert_same_outputs(deployed, converted, torch.randn(2, 3, 8, 8))
 
 
 def test_repeated_inference_keeps_its_packed_calls_and_follows_what_changes(monkeypatch):
