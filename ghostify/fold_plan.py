@@ -203,6 +203,11 @@ def _is_channel_slice(node: fx.Node) -> bool:
             and all(isinstance(item, slice) for item in index))
 
 
+def _has_channel_parameters(module: nn.Module | None) -> bool:
+    """A module passing the order on whose per-channel parameters must be permuted (not an activation or pool)."""
+    return module is not None and not isinstance(module, (_ELEMENTWISE_MODULES, nn.MaxPool2d, nn.AvgPool2d))
+
+
 def _passes_order_on(node: fx.Node, module: nn.Module | None, state: str) -> bool:
     """Single-input ops that keep each channel where it is, so a tensor in the region stays in it."""
     if module is not None:
@@ -246,7 +251,7 @@ class _Graph:
     modules: dict[str, nn.Module]
     calls: dict[str, int]
     order: dict[fx.Node, int]
-    folded_norm_of: dict[str, str | None]
+    folded_norms: set[str]  # BatchNorms folded into ghost modules: not permuted, the fold reads them
 
 
 class _Region:
@@ -262,7 +267,6 @@ class _Region:
         self.found = Fold("", None, [], [], [])
         self.layout: dict[fx.Node, str] = {}
         self.heap: list[tuple[int, fx.Node]] = []
-        self.norms = {name for name in context.folded_norm_of.values() if name is not None}
         self._add(start, "map")
 
     def _add(self, node: fx.Node, state: str) -> None:
@@ -305,7 +309,7 @@ class _Region:
         if pooled is not None:
             state = pooled
         elif single and _passes_order_on(node, module, state):
-            if module is not None and not isinstance(module, (_ELEMENTWISE_MODULES, nn.MaxPool2d, nn.AvgPool2d)):
+            if _has_channel_parameters(module):
                 self.found.passthrough.append(node.target)
         elif _is_binary(node) and state != "flat":
             for other in node.all_input_nodes:
@@ -342,8 +346,7 @@ class _Region:
             self._add(node, "map")
             return None
         if len(node.all_input_nodes) == 1 and _passes_order_on(node, module, "map"):
-            if (module is not None and node.target not in self.norms
-                    and not isinstance(module, (_ELEMENTWISE_MODULES, nn.MaxPool2d, nn.AvgPool2d))):
+            if _has_channel_parameters(module) and node.target not in self.context.folded_norms:
                 self.found.passthrough.append(node.target)
             self._add(node, "map")
             return self._join(node.all_input_nodes[0])
@@ -411,7 +414,7 @@ def plan_folds(model: nn.Module, fold_norms: bool = True, fold_order: bool = Tru
             if fold.norm is not None:
                 norm_nodes[node.target] = next(iter(node.users))
     context = _Graph(graph, modules, calls, {node: index for index, node in enumerate(graph.nodes)},
-                     {name: fold.norm for name, fold in folds.items()})
+                     {fold.norm for fold in folds.values() if fold.norm is not None})
     claimed: set[str] = set()  # ghosts and convs whose output order a region has taken
     for node in ghost_nodes:
         fold = folds[node.target]

@@ -125,10 +125,7 @@ class PackedCall:
     __slots__ = ("conv", "packed", "arguments", "state")
 
     def __init__(self, conv: nn.Conv2d, input_shape: tuple[int, ...]) -> None:
-        cache = conv.__dict__.get(_CACHE_ATTRIBUTE)
-        if cache is None:
-            cache = conv.__dict__[_CACHE_ATTRIBUTE] = PackedWeights()
-        self.conv, self.packed = conv, cache.get(conv, tuple(input_shape))
+        self.conv, self.packed = conv, _cache_of(conv).get(conv, tuple(input_shape))
         self.arguments = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, "none", [], "")
         self.state = _weight_state(conv.weight)
 
@@ -171,12 +168,17 @@ def conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return packed_conv2d(conv, x) if applies(conv, x) else conv(x)
 
 
-def packed_conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` on packed weights, for callers that checked ``applies(conv, x)``."""
+def _cache_of(conv: nn.Conv2d) -> PackedWeights:
+    """The packed weights kept beside ``conv`` (an empty cache the first time)."""
     cache = conv.__dict__.get(_CACHE_ATTRIBUTE)
     if cache is None:
         cache = conv.__dict__[_CACHE_ATTRIBUTE] = PackedWeights()
-    packed = cache.get(conv, tuple(x.shape))
+    return cache
+
+
+def packed_conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` on packed weights, for callers that checked ``applies(conv, x)``."""
+    packed = _cache_of(conv).get(conv, tuple(x.shape))
     return _pointwise_conv(x, packed, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
                            conv.groups, "none", [], "")
 
