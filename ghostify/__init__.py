@@ -8,6 +8,7 @@ from .data import InputPipeline
 from .deploy import DeployedGhostConv2d, DeployRecord, deploy
 from .distill import DistillConfig, DistillResult, distill, distill_plan
 from .errors import GhostifyError
+from .frozen import FrozenModel, freeze
 from .ghost_module import (
     GhostConv1d, GhostConv1dBNReLU, GhostConv2d, GhostConv2dBNReLU, GhostConv3d, GhostConv3dBNReLU,
 )
@@ -36,6 +37,8 @@ __all__ = [
     "calibrate",
     "distill",
     "distill_plan",
+    "freeze",
+    "FrozenModel",
     "ComparisonReport",
     "ConversionPlan",
     "GhostConfig",

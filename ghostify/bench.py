@@ -22,11 +22,12 @@ from .convert import base_form
 from .deploy import get_deploy_record, to_channels_last
 from .errors import GhostifyError
 from .formatting import parse_whole_numbers, timing_text
+from .frozen import freeze
 from .graph_pass import copy_model
 from .measure import LatencyStats, example_input, latency_stats, percentile, resolve_device, time_interleaved
 from .selection import get_plan
 
-MODES = ("eager", "compiled")
+MODES = ("eager", "frozen", "compiled")
 
 
 @dataclass
@@ -95,6 +96,7 @@ def bench(
     batch_sizes: Sequence[int] = (1, 16),
     device: str | torch.device = "cpu",
     compiled: bool = False,
+    frozen: bool = False,
     compile_backend: str = "inductor",
     warmup: int = 5,
     repeats: int = 30,
@@ -102,7 +104,8 @@ def bench(
     converted_name: str = "converted",
     progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
-    """Time ``original`` and ``converted`` at each batch size, eager and (``compiled``) under ``torch.compile``.
+    """Time ``original`` and ``converted`` at each batch size, eager, (``frozen``) both run as flat graphs
+    (``ghostify.freeze``, eager too) and (``compiled``) under ``torch.compile``.
 
     The models are moved to ``device`` in copies; the callers' models stay as they are. When
     ``converted`` was made with its re-parameterisable blocks fused (``GhostConfig.reparameterize``),
@@ -123,12 +126,14 @@ def bench(
         to_channels_last(pair[0])
         if target.type == "cpu" and prepacked.available():
             originals["prepacked"] = prepacked.with_prepacked_convs(pair[0])
-    modes = MODES if compiled else MODES[:1]
+    modes = [mode for mode, wanted in zip(MODES, (True, frozen, compiled)) if wanted]
     rows = []
     for mode in modes:
-        forms = originals if mode == "eager" else {"": pair[0]}  # compiled code never takes the packed path
+        forms = originals if mode != "compiled" else {"": pair[0]}  # compiled code never takes the packed path
         runners = [*forms.values(), pair[1]]
-        if mode != "eager":
+        if mode == "frozen":
+            runners = [freeze(model) for model in runners]
+        elif mode == "compiled":
             runners = [_compiled(model, compile_backend) for model in runners]
         for batch_size in batch_sizes:
             if progress is not None:

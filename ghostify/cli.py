@@ -801,12 +801,13 @@ def bench_command(
     input_size: InputSizeOpt = None,
     batch_sizes: Annotated[str, _value("--batch-sizes", metavar="B,B,...", help="Batch sizes to time, comma-separated; e.g. --batch-sizes 1,8,64 (default 1,16).")] = "1,16",
     compiled: Annotated[bool, _flag("--compile", help="Also time both models under torch.compile (default: eager only).")] = False,
+    frozen: Annotated[bool, _flag("--freeze", help="Also time both models frozen: one flat graph per input shape, ghost modules called straight on packed weights (ghostify.freeze; default: eager only).")] = False,
     repeats: Annotated[int, _value("--repeats", metavar="N", min=3, help="Timed runs per model and setting, interleaved; e.g. --repeats 50 (default 30).")] = 30,
     device: DeviceOpt = "cpu",
     deploy: DeployOpt = False,
     add_to_report: Annotated[bool, _flag("--report", help="Add the timings to the report in MODEL_OR_DIR (report.json, .md and .html, as `convert -o` wrote it); needs a directory (default: print only).")] = False,
 ) -> None:
-    """Time the converted model against the original: medians of interleaved runs per batch size, eager and compiled."""
+    """Time the converted model against the original: medians of interleaved runs per batch size, eager, frozen and compiled."""
     sizes = parse_input_size(input_size)
     batches = parse_batch_sizes(batch_sizes)
     path = Path(model)
@@ -841,7 +842,7 @@ def bench_command(
         converted_name += " (deploy form)"
     with step(stdout, "timing"):
         report = bench(resolved.model, converted, sizes, batch_sizes=batches, device=device, compiled=compiled,
-                       repeats=repeats, original_name=display_spec(resolved.spec), converted_name=converted_name)
+                       frozen=frozen, repeats=repeats, original_name=display_spec(resolved.spec), converted_name=converted_name)
     stdout.print(report.table())
     if saved_report is not None:
         saved_report.bench = report.to_dict()

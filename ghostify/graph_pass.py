@@ -63,27 +63,27 @@ class GhostifyTracer(fx.Tracer):
 
     Every conv (``Conv1d``/``2d``/``3d`` and the transposed ones) is a leaf, subclasses included (FX
     would otherwise trace into a subclass defined outside ``torch.nn`` and see only a functional
-    ``conv2d`` on its weight).
+    ``conv2d`` on its weight). ``leaves``: more module types to keep whole.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, leaves: tuple[type[nn.Module], ...] = ()) -> None:
         leaf_modules, functions = _timm_notrace()
         super().__init__(autowrap_functions=tuple(functions))
-        self._leaf_types = tuple(leaf_modules) + GHOST_MODULE_TYPES + _CONV_MODULES
+        self._leaf_types = tuple(leaf_modules) + GHOST_MODULE_TYPES + _CONV_MODULES + tuple(leaves)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return isinstance(m, self._leaf_types) or super().is_leaf_module(m, module_qualified_name)
 
 
-def trace(model: nn.Module) -> fx.Graph:
-    """The FX graph of ``model`` (raises whatever FX raises when the model is not traceable).
+def trace(model: nn.Module, leaves: tuple[type[nn.Module], ...] = ()) -> fx.Graph:
+    """The FX graph of ``model``, ``leaves`` kept whole too (raises whatever FX raises when it is not traceable).
 
     Tracing runs ``forward`` on proxies, and a forward that caches what it computes (timm's LeViT
     stores its attention bias in a dict) would keep a proxy: every module's attributes are put
     back as they were afterwards, so analysis never changes the model it looks at.
     """
     with _attributes_restored(model):
-        return GhostifyTracer().trace(model)
+        return GhostifyTracer(leaves).trace(model)
 
 
 @contextmanager

@@ -33,11 +33,11 @@ SHAPES_KEPT = 4  # input shapes whose packed weights one conv keeps (batch sizes
 PACK_FROM_WEIGHTS = 65_536
 
 try:
-    _pointwise_conv = torch.ops.mkldnn._convolution_pointwise.default
+    pointwise_conv = torch.ops.mkldnn._convolution_pointwise.default
     _reorder_weight = torch._C._nn.mkldnn_reorder_conv2d_weight
 except (AttributeError, RuntimeError):  # a build without oneDNN
-    _pointwise_conv = _reorder_weight = None
-_BUILT_WITH_ONEDNN = _pointwise_conv is not None and torch.backends.mkldnn.is_available()
+    pointwise_conv = _reorder_weight = None
+_BUILT_WITH_ONEDNN = pointwise_conv is not None and torch.backends.mkldnn.is_available()
 
 
 _switched_off = False
@@ -114,7 +114,9 @@ class PackedWeights:
             return packed
 
 
-def _weight_state(weight: torch.Tensor) -> tuple[int, int | None]:
+def weight_state(weight: torch.Tensor) -> tuple[int, int | None]:
+    """Where ``weight`` lives and its version: changes when it is written to or replaced (an inference tensor
+    has no version; it changes only in ``torch.inference_mode``)."""
     return weight.data_ptr(), None if weight.is_inference() else weight._version
 
 
@@ -127,13 +129,13 @@ class PackedCall:
     def __init__(self, conv: nn.Conv2d, input_shape: tuple[int, ...]) -> None:
         self.conv, self.packed = conv, _cache_of(conv).get(conv, tuple(input_shape))
         self.arguments = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, "none", [], "")
-        self.state = _weight_state(conv.weight)
+        self.state = weight_state(conv.weight)
 
     def current(self) -> bool:
-        return _weight_state(self.conv.weight) == self.state
+        return weight_state(self.conv.weight) == self.state
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return _pointwise_conv(x, self.packed, self.conv.bias, *self.arguments)
+        return pointwise_conv(x, self.packed, self.conv.bias, *self.arguments)
 
 
 class FastPath:
@@ -179,8 +181,8 @@ def _cache_of(conv: nn.Conv2d) -> PackedWeights:
 def packed_conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` on packed weights, for callers that checked ``applies(conv, x)``."""
     packed = _cache_of(conv).get(conv, tuple(x.shape))
-    return _pointwise_conv(x, packed, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
-                           conv.groups, "none", [], "")
+    return pointwise_conv(x, packed, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
+                          conv.groups, "none", [], "")
 
 
 class PrepackedConv2d(nn.Conv2d):

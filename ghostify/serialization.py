@@ -19,6 +19,7 @@ from torch import nn
 
 from .deploy import DeployRecord, apply_deploy_record, get_deploy_record
 from .errors import CheckpointError, GhostifyError, ModelSpecError
+from .frozen import FrozenModel
 from .graph_pass import copy_model
 from .graph_pass import apply_plan
 from .models import DEFAULT_SEED, ResolvedModel, canonical_spec, model_file, resolve_model
@@ -105,7 +106,10 @@ def save(
     seed, ``ResolvedModel.seed``), recorded so that the original model can be rebuilt later, e.g.
     by ``ghostify compare`` or as the teacher of ``ghostify distill``; ``inputs``: the input size,
     mean and std the model works with, where they differ from what the base model declares.
+    A frozen model (``ghostify.freeze``) is saved as the model it wraps; freeze it again after ``load``.
     """
+    if isinstance(model, FrozenModel):
+        model = model.model
     with atomic_directory(directory, force=force, wording=PYTHON_WORDING) as staging:
         write_model_files(model, staging, base_model=base_model, base_checkpoint=base_checkpoint, base_pretrained=base_pretrained,
                           base_seed=base_seed, inputs=inputs)
