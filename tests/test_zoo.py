@@ -177,7 +177,8 @@ def _tensors(output: object) -> list[torch.Tensor]:
                          ids=[spec for spec, size in ZOO if len(size) == 3 and "rcnn" not in spec])
 def test_zoo_model_deploys_exactly(spec, size):
     """The deploy form (BatchNorms folded, channel orders moved into the next layers, gathers at boundaries where
-    they pay) computes what the converted model does, on models with BatchNorms as after training. (Detection
+    they pay) computes what the converted model does, on models with BatchNorms as after training, and frozen
+    (``ghostify.freeze``) exactly what the deploy form does. (Detection
     models are left out: a change in the last bit can swap two boxes of equal score.)"""
     from test_deploy import trained_like_norms
 
@@ -191,3 +192,7 @@ def test_zoo_model_deploys_exactly(spec, size):
         assert len(got) == len(expected)
         for a, b in zip(got, expected):
             assert (a - b).abs().max() <= 1e-4 * b.abs().max().clamp_min(1e-6), (spec, across)
+        frozen = ghostify.freeze(deployed)  # one flat graph: the same ops, so the same bits
+        with torch.no_grad():
+            again = _tensors(frozen(x))
+        assert len(frozen.graphs) == 1 and all(torch.equal(a, b) for a, b in zip(again, got)), (spec, across)
