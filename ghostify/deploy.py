@@ -33,7 +33,8 @@ go (``deploy``):
   every call, and so do the large convs a channels_last deploy form keeps (``PrepackedConv2d``);
   ResNet-50 at batch 1: 36.8 -> 30.5 ms. A ghost module keeps its two packed calls for the input
   shape it last ran on (``prepacked.FastPath``), so a serving loop skips the per-call checks and
-  look-ups (about 10 us of Python per module). A module that must gather writes each map straight to
+  look-ups (about 10 us of Python per module; ``ghostify.freeze`` removes the rest of the per-module
+  Python by running the deploy form as one flat graph). A module that must gather writes each map straight to
   its channel of a channels_last output (``_scatter``) rather than concatenating and then
   gathering, which copies twice and returns NCHW.
 
