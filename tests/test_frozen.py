@@ -90,6 +90,9 @@ def test_what_the_graphs_are_not_for_runs_the_model_as_it_is():
             model(torch.randn(1, 5, 8, 8, dtype=torch.float64))  # the model's own error about the channels
     model.float().train()
     assert model.model.training and not model.graphs  # moving the model dropped the graphs
+    with torch.no_grad():
+        model(x)
+    assert not model.graphs  # training mode: BatchNorms and dropout as the model has them
     model.eval()
     exported = torch.export.export(model, (x,)).module()  # export traces the model itself
     with torch.no_grad():
