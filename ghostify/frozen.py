@@ -112,8 +112,8 @@ def _packed_call(module: nn.Module, node: fx.Node) -> _PackedGhost | _PackedConv
     if isinstance(module, DeployedGhostConv2d):
         x = _probe(meta, module.primary.weight.device)
         out_shape = node.meta["tensor_meta"].shape
-        intrinsic = torch.empty(out_shape[0], module.intrinsic_channels, *out_shape[2:], device=x.device,
-                                dtype=x.dtype).contiguous(memory_format=torch.channels_last)
+        intrinsic = torch.empty(out_shape[0], module.intrinsic_channels, *out_shape[2:], device=x.device, dtype=x.dtype,
+                                memory_format=torch.channels_last)
         if prepacked.applies(module.primary, x) and prepacked.applies(module.cheap, intrinsic):
             return _PackedGhost(module, x.shape, intrinsic.shape)
     elif type(module) is prepacked.PrepackedConv2d and module.weight.numel() >= prepacked.PACK_FROM_WEIGHTS:
