@@ -70,24 +70,18 @@ class _PackedGhost:
 
 
 class _PackedConv:
-    """A ``PrepackedConv2d`` 's packed path for one input shape, called by a frozen graph."""
+    """A ``PrepackedConv2d`` 's packed path for one input shape, called by a frozen graph (a large conv: the
+    ``PackedCall`` look-ups are nothing beside it)."""
 
-    __slots__ = ("conv", "input_shape", "call", "stamp")
+    __slots__ = ("call",)
 
     def __init__(self, conv: nn.Conv2d, input_shape: torch.Size) -> None:
-        self.conv, self.input_shape = conv, input_shape
-        self._pack()
-
-    def _pack(self) -> None:
-        self.call = _call(self.conv, self.input_shape)
-        self.stamp = prepacked.weight_state(self.call[1])
+        self.call = prepacked.PackedCall(conv, input_shape)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        packed, weight, bias, arguments = self.call
-        if prepacked.weight_state(weight) != self.stamp:
-            self._pack()
-            packed, weight, bias, arguments = self.call
-        return prepacked.pointwise_conv(x, packed, bias, *arguments)
+        if not self.call.current():
+            self.call = prepacked.PackedCall(self.call.conv, x.shape)
+        return self.call(x)
 
 
 def _call(conv: nn.Conv2d, input_shape: torch.Size) -> tuple:

@@ -129,7 +129,7 @@ def test_a_model_fx_cannot_trace_is_refused_with_what_to_do():
         freeze(Branchy())
 
 
-def test_a_frozen_cifar_resnet_packs_its_large_kept_convs_too():
+def test_a_partly_converted_cifar_resnet_freezes_exactly():
     """ResNet-20 with only its last stage converted: the kept 3x3 convs of 32 channels (9,216 weights) stay
     module calls, the ghost modules are packed calls; exact."""
     sys.path.insert(0, str(EXAMPLES))
