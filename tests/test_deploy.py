@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from ghostify.deploy import ChannelOrderAdapter, DeployedGhostConv2d, DeployReco
 from ghostify.errors import ConfigError
 from ghostify.ghost_module import GhostConv1d, GhostConv3d
 from ghostify.prepacked import PrepackedConv2d
+
+deploy_module = importlib.import_module("ghostify.deploy")  # ghostify.deploy is also the function
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 runner = CliRunner()
@@ -172,10 +175,11 @@ def test_the_intrinsic_maps_shift_is_added_in_inference_under_autograd_and_compi
         assert torch.allclose(compiled(x), expected, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("channels, scattered", [(8, True), (7, False)])
-def test_a_residual_add_keeps_the_gather_and_says_why(monkeypatch, channels, scattered):
-    """Under channels_last inference the gather writes each map straight to its channel, where the
-    maps are a permutation of the output channels (7 channels at s=2 make 8 maps: one is dropped)."""
+@pytest.mark.parametrize("channels, scatter_from, scattered", [(8, None, False), (8, 0, True), (7, 0, False)])
+def test_a_residual_add_keeps_the_gather_and_says_why(monkeypatch, channels, scatter_from, scattered):
+    """Under channels_last inference the gather keeps the output channels_last: as a column selection
+    (small maps) or written map by map (from ``SCATTER_FROM`` values, where the maps are a permutation of
+    the output channels; 7 channels at s=2 make 8 maps: one is dropped)."""
     torch.manual_seed(0)
     model = trained_like_norms(Residual(channels))
     converted = convert_all(model, include=["conv"])
@@ -183,14 +187,16 @@ def test_a_residual_add_keeps_the_gather_and_says_why(monkeypatch, channels, sca
     layer = deployed.ghostify_deploy.layers[0]
     assert layer.gather and layer.folded_norm == "bn" and layer.shifted
     assert "add" in layer.reasons[0]
-    scatter, calls = DeployedGhostConv2d._scatter, []
-    monkeypatch.setattr(DeployedGhostConv2d, "_scatter", lambda *args: calls.append(1) or scatter(*args))
+    if scatter_from is not None:
+        monkeypatch.setattr(deploy_module, "SCATTER_FROM", scatter_from)
+    scatter, calls = deploy_module.scatter_channels, []
+    monkeypatch.setattr(deploy_module, "scatter_channels", lambda *args: calls.append(1) or scatter(*args))
     x = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
         expected = converted(x)
         assert torch.allclose(deployed(x), expected, atol=1e-5, rtol=1e-4)
-        assert len(calls) == scattered
-        assert deployed.conv(deployed.stem(x)).is_contiguous(memory_format=torch.channels_last) == scattered
+        assert bool(calls) == scattered
+        assert deployed.conv(deployed.stem(x)).is_contiguous(memory_format=torch.channels_last)
         deployed.conv.out_index.copy_(deployed.conv.out_index.flip(0))  # a new order (as load_state_dict would)
         flipped = deployed.conv(deployed.stem(x))
         deployed.conv.out_index.copy_(deployed.conv.out_index.flip(0))

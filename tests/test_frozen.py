@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import operator
 import pickle
 import sys
 from pathlib import Path
@@ -15,11 +16,11 @@ from typer.testing import CliRunner
 import ghostify
 from ghostify import frozen, prepacked
 from ghostify.cli import app
-from ghostify.deploy import DeployedGhostConv2d, deploy
+from ghostify.deploy import DeployedGhostConv2d, deploy, gather_channels
 from ghostify.errors import ConfigError
 from ghostify.frozen import FrozenModel, freeze
 
-from test_deploy import OptionA, convert_all, trained_like_norms
+from test_deploy import OptionA, convert_all, deploy_module, trained_like_norms
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -58,6 +59,8 @@ def test_frozen_graphs_follow_weights_changed_in_place_and_new_input_shapes(monk
         before = model(x)
         deployed.blocks[0].conv1.primary.weight.mul_(1.5)
         deployed.blocks[3].conv2.cheap.weight.add_(0.1)
+        deployed.blocks[1].conv2.cheap.bias.sub_(0.1)  # read as they are
+        deployed.blocks[2].conv1.intrinsic_shift.add_(0.2)
         after = model(x)
         assert not torch.allclose(after, before) and torch.equal(after, deployed(x))
         deployed.load_state_dict(copy.deepcopy(deployed.state_dict()))  # loads in place: still followed
@@ -67,6 +70,26 @@ def test_frozen_graphs_follow_weights_changed_in_place_and_new_input_shapes(monk
             assert torch.equal(model(xs), deployed(xs))
         assert len(model.graphs) == 2  # the oldest shape gave way
         assert torch.equal(model(x), after)
+
+
+@pytest.mark.parametrize("scatter_from", [None, 0], ids=["columns-selected", "scattered"])
+def test_a_gathering_ghost_module_is_assembled_in_the_graph_unless_its_output_is_large(monkeypatch, scatter_from):
+    """Small gathered outputs are a concatenation and a column selection in the graph; from ``SCATTER_FROM``
+    values on, the module's own assembly writes each map to its channel. Both exact, both channels_last."""
+    if scatter_from is not None:
+        monkeypatch.setattr(deploy_module, "SCATTER_FROM", scatter_from)
+    torch.manual_seed(0)
+    deployed = deploy(convert_all(trained_like_norms(OptionA()), exclude=["stem"]))
+    gathering = [name for name, module in deployed.named_modules() if isinstance(module, DeployedGhostConv2d) and module.gather]
+    assert gathering
+    model = freeze(deployed)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), deployed(x))
+    targets = [node.target for node in model.graphs[0].graph.nodes if node.op == "call_function"]
+    assemblies = [target for target in targets if getattr(target, "__name__", "") == "_assemble_inference"]
+    assert len(assemblies) == (len(gathering) if scatter_from == 0 else 0)
+    assert targets.count(gather_channels) == (0 if scatter_from == 0 else len(gathering))
 
 
 def test_what_the_graphs_are_not_for_runs_the_model_as_it_is():
@@ -193,5 +216,6 @@ def test_a_residual_sum_onto_a_packed_output_read_nowhere_else_is_made_in_place(
     x = torch.randn(1, 3, 6, 6)
     with torch.no_grad():
         assert torch.equal(model(x), deployed(x))
-    in_place = [node for node in model.graphs[0].graph.nodes if node.op == "call_method" and node.target == "add_"]
-    assert len(in_place) == (0 if reused else 1)
+    in_place = {node.target for node in model.graphs[0].graph.nodes if node.op == "call_method"
+                and not (len(node.args) == 2 and node.args[1].target is operator.getitem)}  # not a folded shift
+    assert in_place == (set() if reused else {"add_", "relu_"})
