@@ -75,7 +75,7 @@ def test_frozen_graphs_follow_weights_changed_in_place_and_new_input_shapes(monk
 @pytest.mark.parametrize("scatter_from", [None, 0], ids=["columns-selected", "scattered"])
 def test_a_gathering_ghost_module_is_assembled_in_the_graph_unless_its_output_is_large(monkeypatch, scatter_from):
     """Small gathered outputs are a concatenation and a column selection in the graph; from ``SCATTER_FROM``
-    values on, the module's own assembly writes each map to its channel. Both exact, both channels_last."""
+    values on, the module's own assembly writes each map to its channel. Both exact."""
     if scatter_from is not None:
         monkeypatch.setattr(deploy_module, "SCATTER_FROM", scatter_from)
     torch.manual_seed(0)
