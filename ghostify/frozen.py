@@ -97,11 +97,11 @@ class _Expansion:
 
     def conv(self, conv: nn.Conv2d, input_shape: torch.Size, source: fx.Node, name: str) -> fx.Node:
         """``conv(source)`` as one call on its weights packed for ``input_shape``."""
-        call = prepacked.PackedCall(conv, input_shape)
-        slot = self.constants.add_made(conv.weight, lambda: prepacked.PackedCall(conv, input_shape).packed)
+        slot = self.constants.add_made(conv.weight, lambda: prepacked.packed_weight(conv, input_shape))
         packed = self.graph.call_function(operator.getitem, (self.values, slot))
         bias = None if conv.bias is None else self.constant(conv.bias)
-        return self.graph.call_function(prepacked.pointwise_conv, (source, packed, bias, *call.arguments), name=name)
+        return self.graph.call_function(prepacked.pointwise_conv, (source, packed, bias, *prepacked.call_arguments(conv)),
+                                        name=name)
 
     def ghost(self, module: DeployedGhostConv2d, input_shape: torch.Size, intrinsic_shape: torch.Size,
               source: fx.Node, name: str) -> fx.Node:

@@ -127,8 +127,7 @@ class PackedCall:
     __slots__ = ("conv", "packed", "arguments", "state")
 
     def __init__(self, conv: nn.Conv2d, input_shape: tuple[int, ...]) -> None:
-        self.conv, self.packed = conv, _cache_of(conv).get(conv, tuple(input_shape))
-        self.arguments = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, "none", [], "")
+        self.conv, self.packed, self.arguments = conv, packed_weight(conv, input_shape), call_arguments(conv)
         self.state = weight_state(conv.weight)
 
     def current(self) -> bool:
@@ -180,9 +179,17 @@ def _cache_of(conv: nn.Conv2d) -> PackedWeights:
 
 def packed_conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` on packed weights, for callers that checked ``applies(conv, x)``."""
-    packed = _cache_of(conv).get(conv, tuple(x.shape))
-    return pointwise_conv(x, packed, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation),
-                          conv.groups, "none", [], "")
+    return pointwise_conv(x, packed_weight(conv, x.shape), conv.bias, *call_arguments(conv))
+
+
+def packed_weight(conv: nn.Conv2d, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """``conv``'s weights packed for inputs of ``input_shape`` (kept beside the conv, packed again when they change)."""
+    return _cache_of(conv).get(conv, tuple(input_shape))
+
+
+def call_arguments(conv: nn.Conv2d) -> tuple:
+    """What ``pointwise_conv`` takes after the input, the packed weights and the bias, for ``conv``."""
+    return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, "none", [], ""
 
 
 class PrepackedConv2d(nn.Conv2d):
