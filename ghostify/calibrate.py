@@ -13,10 +13,10 @@ input, teacher output" mix of Cross Distillation, Bai et al. 2020):
 3. Cheap conv: each ghost's ``d x d`` kernel (and bias) by least squares from the shifted
    intrinsic map to the original ghost channel.
 4. Block-wise reconstruction (BRECQ, Li et al. 2021): as soon as every ghost module of a block
-   (the module holding them, e.g. a residual block) is fitted, a few hundred Adam steps on the
-   block's ghost parameters, each on a small minibatch drawn from all the calibration images,
-   make the block's output, on the student's inputs, match the original block's. Local and
-   label-free: no gradient crosses a block boundary.
+   (the nearest module holding them that the forward pass calls, e.g. a residual block) is
+   fitted, a few hundred Adam steps on the block's ghost parameters, each on a small minibatch
+   drawn from all the calibration images, make the block's output, on the student's inputs,
+   match the original block's. Local and label-free: no gradient crosses a block boundary.
 5. The final ``Linear`` refitted by least squares to the original logits (when the calibration
    set is large enough for it).
 
@@ -33,7 +33,7 @@ with no 2-D ghost module is refused with a message saying so (distill it instead
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -347,15 +347,48 @@ def _calibrate_layer(
     return LayerCalibration(name, rel(error_before), rel(error_after))
 
 
-def reconstruction_blocks(student: nn.Module, names: Sequence[str]) -> list[str]:
+def reconstruction_blocks(student: nn.Module, names: Sequence[str], called: Container[str] | None = None) -> list[str]:
     """The modules whose outputs block-wise reconstruction matches: each ghost module's parent
-    (a residual block, a Conv-BN-act unit), or the ghost module itself when its parent is the model."""
+    (a residual block, a Conv-BN-act unit), or the ghost module itself when its parent is the model.
+
+    With ``called`` (the names of the modules a forward pass calls, ``called_modules``), the block is
+    the nearest ancestor that is called: a ``ModuleList`` (Res2Net's split convs), or a ``Sequential``
+    a traced graph runs step by step, is never called itself, so its output cannot be matched.
+    """
     blocks: list[str] = []
     for name in names:
-        block = name.rpartition(".")[0] or name
+        parts = name.split(".")
+        ancestors = (".".join(parts[:end]) for end in range(len(parts) - 1, 0, -1))
+        block = next((a for a in ancestors if called is None or a in called), name)
         if block not in blocks:
             blocks.append(block)
     return blocks
+
+
+@torch.no_grad()
+def called_modules(*models: nn.Module, inputs: torch.Tensor) -> list[str]:
+    """Names of the modules that every one of ``models`` calls in one forward pass of ``inputs``, in the
+    order the first model first calls them.
+
+    Run in eval mode and without gradients, so that nothing (BatchNorm statistics) changes.
+    """
+    calls: list[list[str]] = []
+    for model in models:
+        called: dict[str, None] = {}
+        handles = [module.register_forward_pre_hook(lambda _m, _a, name=name: called.setdefault(name))
+                   for name, module in model.named_modules()]
+        flags = {module: module.training for module in model.modules()}
+        model.eval()
+        try:
+            model(inputs.to(next(model.parameters()).device))
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module, training in flags.items():
+                module.training = training
+        calls.append(list(called))
+    common = set(calls[0]).intersection(*calls[1:])
+    return [name for name in calls[0] if name in common]
 
 
 def _detach(value: Any) -> Any:
@@ -592,10 +625,11 @@ def calibrate(
     student.eval(), teacher.eval()
     result = CalibrationResult(images=sum(len(b) for b in images), skipped=skipped)
     try:
-        order = _execution_order(student, [module for _, module in layers], images[0])
+        called = called_modules(student, teacher, inputs=images[0][:1])
+        order = {name: index for index, name in enumerate(called)}
         teacher_modules = dict(teacher.named_modules())
-        layers = sorted(layers, key=lambda item: order.get(id(item[1]), len(order)))
-        blocks = reconstruction_blocks(student, [name for name, _ in layers]) if block_steps > 0 else []
+        layers = sorted(layers, key=lambda item: order.get(item[0], len(order)))
+        blocks = reconstruction_blocks(student, [name for name, _ in layers], called) if block_steps > 0 else []
         # a block is reconstructed right after its last ghost layer is fitted, before later layers see its output
         last_layer = {}
         for block in blocks:
@@ -669,20 +703,3 @@ def _shared_assignments(student: nn.Module, teacher: nn.Module, images: list[tor
         ratio = student.get_submodule(owner).ratio
         shared[owner] = joint_assignment([stats[name].correlation().pow(2) for name in names], ratio)
     return shared
-
-
-@torch.no_grad()
-def _execution_order(model: nn.Module, modules: Sequence[nn.Module], batch: torch.Tensor) -> dict[int, int]:
-    """id(module) -> the index of its first call in one forward pass."""
-    order: dict[int, int] = {}
-
-    def record(module: nn.Module, _args: tuple) -> None:
-        order.setdefault(id(module), len(order))
-
-    handles = [m.register_forward_pre_hook(record) for m in modules]
-    try:
-        model(batch[:1].to(next(model.parameters()).device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return order

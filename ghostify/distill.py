@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .calibrate import check_teacher_fits, reconstruction_blocks
+from .calibrate import called_modules, check_teacher_fits, reconstruction_blocks
 from .convert import base_form
 from .data import AUGMENTATIONS, InputPipeline, as_dataset, check_labels, sample_seed
 from .errors import ConfigError, GhostifyError
@@ -244,10 +244,15 @@ def _all_reduce(values: torch.Tensor, world: _World, op: str = "mean") -> torch.
 
 # --- features and losses -------------------------------------------------------------------------
 
-def feature_points(student: nn.Module) -> list[str]:
-    """Names of the modules whose outputs are matched: the blocks that hold ghost modules."""
+def feature_points(student: nn.Module, teacher: nn.Module | None = None, example: torch.Tensor | None = None) -> list[str]:
+    """Names of the modules whose outputs are matched: the blocks that hold ghost modules.
+
+    Given the teacher and an ``example`` input, each block is one that both models call
+    (``calibrate.reconstruction_blocks``); a container never called itself would record nothing.
+    """
     names = [name for name, module in student.named_modules() if is_ghost_module(module)]
-    return reconstruction_blocks(student, names)
+    called = called_modules(student, teacher, inputs=example) if teacher is not None and example is not None else None
+    return reconstruction_blocks(student, names, called)
 
 
 @contextmanager
@@ -526,7 +531,7 @@ def distill(
     world, teacher, dataset, val_dataset = _prepare(student, teacher, data, val_data, pipeline, config, device)
     use_labels = config.label_weight > 0 and bool(getattr(dataset, "classes", None))
 
-    points = feature_points(student) if config.feature_weight > 0 else []
+    points = feature_points(student, teacher, dataset[0][0][None]) if config.feature_weight > 0 else []
     steps_per_epoch = len(_epoch_batches(len(dataset), config.batch_size, config.seed, 0))
     result = DistillResult(student, [], config)
     start_epoch, start_step, sums = 0, 0, None

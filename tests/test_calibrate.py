@@ -18,6 +18,7 @@ import ghostify
 from ghostify.calibrate import (
     calibrate,
     calibration_layers,
+    called_modules,
     reconstruction_blocks,
     reestimate_batchnorm,
 )
@@ -170,6 +171,38 @@ def test_block_reconstruction_and_batchnorm(pair):
     assert reconstruction_blocks(student, ["conv"]) == ["conv"]  # a ghost module directly in the model
 
 
+class SplitBlock(nn.Module):
+    """Res2Net-style: the convs sit in a ModuleList the block iterates, so the list itself is never called."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(width // 2, width // 2, 3, padding=1, bias=False) for _ in range(2))
+        self.norm = nn.BatchNorm2d(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [conv(part) for conv, part in zip(self.convs, x.chunk(2, dim=1))]
+        return F.relu(self.norm(torch.cat(parts, dim=1)) + x)
+
+
+def test_blocks_are_the_nearest_modules_the_forward_pass_calls():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), SplitBlock(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    student = ghostify.convert(teacher, ratio=2)
+    names = [name for name, _ in calibration_layers(student)]
+    assert names == ["1.convs.0", "1.convs.1"]
+    called = called_modules(student, teacher, inputs=images(1, 0))
+    assert "1" in called and "1.convs" not in called
+    assert called.index("1.convs.0") < called.index("1.convs.1")
+    assert reconstruction_blocks(student, names) == ["1.convs"]  # without a forward pass: the parent
+    assert reconstruction_blocks(student, names, called) == ["1"]
+    assert reconstruction_blocks(student, ["1.convs.0"], {"1.convs.0"}) == ["1.convs.0"]  # no called ancestor: itself
+    before = agreement(student, teacher, images(64, 3))
+    result = calibrate(student, teacher, images(64, 1), block_steps=20)  # was: "ModuleList was never called"
+    assert [block.name for block in result.blocks] == ["1"]
+    assert result.blocks[0].error_after <= result.blocks[0].error_before
+    assert agreement(student, teacher, images(64, 3)) > before
+
+
 def test_regroup_false_keeps_the_channel_grouping(pair):
     teacher, start = pair
     student = copy.deepcopy(start)
@@ -267,10 +300,11 @@ def test_layer_captures_spare_the_prefix_runs_and_change_nothing(pair, monkeypat
     cached, cached_calls = run()
     monkeypatch.setattr(calibration, "_CAPTURE_BYTES", 0)
     recomputed, recomputed_calls = run()
-    # the teacher runs through block1.0 to capture each of the two layers' targets: once per batch when
-    # kept; else in pass 1, pass 2 and the error check on two batches
-    assert cached_calls == 2 * 3
-    assert recomputed_calls == 2 * (3 + 3 + 2)
+    # the teacher runs through block1.0 once to see which modules the forward pass calls, then to capture
+    # each of the two layers' targets: once per batch when kept; else in pass 1, pass 2 and the error
+    # check on two batches
+    assert cached_calls == 1 + 2 * 3
+    assert recomputed_calls == 1 + 2 * (3 + 3 + 2)
     for (name, a), b in zip(cached.state_dict().items(), recomputed.state_dict().values()):
         assert torch.equal(a, b), name
 

@@ -29,7 +29,7 @@ from ghostify.distill import (
 )
 from ghostify.errors import ConfigError, GhostifyError
 
-from test_calibrate import images, make_teacher  # noqa: E402 - the same tiny teacher as calibration
+from test_calibrate import SplitBlock, images, make_teacher  # noqa: E402 - the same tiny teacher as calibration
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -285,7 +285,8 @@ def test_mixed_precision_on_cpu_is_bfloat16_where_the_processor_computes_it(pair
     for amp in (True, False):
         student, seen = copy.deepcopy(start), set()
         first = next(m for m in student.modules() if isinstance(m, nn.Conv2d))
-        first.register_forward_hook(lambda _m, _i, output: seen.add(output.dtype))
+        # training steps only (not the eval-mode pass that finds the feature points)
+        first.register_forward_hook(lambda m, _i, output: seen.add(output.dtype) if m.training else None)
         result = distill(student, teacher, data, **dict(FAST, amp=amp))
         assert seen == ({torch.bfloat16} if amp and native_bfloat16 else {torch.float32})
         assert result.history[-1].loss < 0.9 * result.history[0].loss
@@ -374,8 +375,19 @@ def test_losses():
 
 
 def test_feature_points_are_the_blocks_holding_ghost_modules(pair):
-    _, student = pair
+    teacher, student = pair
     assert feature_points(student) == ["block1", "block2"]
+    assert feature_points(student, teacher, images(1, 0)) == ["block1", "block2"]
+
+
+def test_features_of_convs_in_a_module_list_are_matched_at_the_block_that_runs_them():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), SplitBlock(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    student = ghostify.convert(teacher, ratio=2)
+    assert feature_points(student) == ["1.convs"]  # a ModuleList: never called, so it would record nothing
+    assert feature_points(student, teacher, images(1, 0)) == ["1"]
+    result = distill(student, teacher, TensorDataset(images(16, 5), torch.full((16,), -1)), epochs=1, batch_size=8)
+    assert result.history[0].feature_loss > 0
 
 
 # --- keep_best: never end worse on the held-out data than anything seen -----------------------------

@@ -15,6 +15,7 @@ process per model with a report, ``python benchmarks/zoo_coverage.py --all``.
 from __future__ import annotations
 
 import functools
+import math
 import importlib.util
 
 import pytest
@@ -196,3 +197,32 @@ def test_zoo_model_deploys_exactly(spec, size):
         with torch.no_grad():
             again = _tensors(frozen(x))
         assert len(frozen.graphs) == 1 and all(torch.equal(a, b) for a, b in zip(again, got)), (spec, across)
+
+
+# models whose ghost modules sit where a forward pass never calls their parent (a ModuleList a block
+# iterates, a Sequential a traced graph runs step by step), beside a few plain kinds
+RECOVERY = ["timm:mobilenetv3_small_050", "timm:convnext_atto", "timm:mobilevit_xxs", "timm:hrnet_w18_small",
+            "timm:res2net50_14w_8s", "timm:efficientvit_m0"]
+
+
+@pytest.mark.parametrize("spec", RECOVERY)
+def test_zoo_model_calibrates_and_distills(spec):
+    """Calibration and distillation run on each kind of model, and match features only at modules both the
+    original and the converted model call (a block never called would record nothing, or stop calibration)."""
+    from torch.utils.data import TensorDataset
+
+    from ghostify.calibrate import called_modules, calibration_layers, reconstruction_blocks
+    from ghostify.distill import feature_points
+
+    size = dict(ZOO)[spec]
+    teacher = _build(spec)
+    student = ghostify.convert(teacher)
+    teacher = ghostify.base_form(teacher, ghostify.get_plan(student))
+    x = torch.randn(8, *size, generator=torch.Generator().manual_seed(0))
+    called = set(called_modules(student, teacher, inputs=x[:1]))
+    blocks = reconstruction_blocks(student, [name for name, _ in calibration_layers(student)], called)
+    assert set(blocks) <= called and set(feature_points(student, teacher, x[:1])) <= called
+    result = ghostify.calibrate(student, teacher, x, batch_size=4, block_steps=2, block_batch_size=4)
+    assert sum(layer.error_after for layer in result.layers) < sum(layer.error_before for layer in result.layers)
+    history = ghostify.distill(student, teacher, TensorDataset(x, torch.full((8,), -1)), epochs=1, batch_size=4).history
+    assert history[0].feature_loss > 0 and math.isfinite(history[0].loss)
