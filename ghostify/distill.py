@@ -273,7 +273,12 @@ def _recording(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, tor
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton's KD: KL(teacher || student) of temperature-softened distributions, times T^2."""
+    """Hinton's KD: KL(teacher || student) of temperature-softened distributions, times T^2.
+
+    Scores per position (``(batch, classes, ...)``, e.g. segmentation) are one distribution per position,
+    the loss their mean."""
+    if student_logits.ndim > 2:
+        student_logits, teacher_logits = (x.movedim(1, -1).flatten(0, -2) for x in (student_logits, teacher_logits))
     t = temperature
     return F.kl_div(F.log_softmax(student_logits.float() / t, dim=1), F.log_softmax(teacher_logits.float() / t, dim=1),
                     reduction="batchmean", log_target=True) * (t * t)
@@ -307,12 +312,15 @@ def _logits(output: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def num_classes(model: nn.Module, dataset: Dataset, device: torch.device) -> int:
-    """How many classes ``model`` predicts, from one forward pass on the first image of ``dataset``."""
+def num_classes(model: nn.Module, dataset: Dataset, device: torch.device) -> tuple[int, bool]:
+    """(classes, per_position): how many classes ``model`` predicts, and whether it scores them per position
+    (``(batch, classes, ...)``, e.g. per pixel for segmentation) rather than per image; from one forward pass
+    on the first image of ``dataset``. Per-position scores are distilled position by position; the
+    images' folder labels do not apply to them."""
     scores = _logits(model(dataset[0][0][None].to(device)))
-    if scores.ndim != 2:
-        raise GhostifyError(f"the model returned scores of shape {tuple(scores.shape)}, not (batch, classes); it cannot be distilled.")
-    return int(scores.shape[1])
+    if scores.ndim < 2:
+        raise GhostifyError(f"the model returned scores of shape {tuple(scores.shape)}, not (batch, classes, ...); it cannot be distilled.")
+    return int(scores.shape[1]), scores.ndim > 2
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -321,7 +329,10 @@ def num_classes(model: nn.Module, dataset: Dataset, device: torch.device) -> int
 def agreement_and_accuracy(
     student: nn.Module, teacher: nn.Module, dataset: Dataset, *, batch_size: int = 256, device: torch.device | None = None
 ) -> tuple[float, float | None, float | None]:
-    """(agreement, student top-1, teacher top-1) on ``dataset``; top-1 is None without labels."""
+    """(agreement, student top-1, teacher top-1) on ``dataset``; top-1 is None without labels.
+
+    For scores per position (segmentation) agreement is the share of positions, averaged over images,
+    and top-1 is None."""
     device = device or next(student.parameters()).device
     flags = student.training, teacher.training
     student.eval(), teacher.eval()
@@ -331,12 +342,15 @@ def agreement_and_accuracy(
             images = images.to(device)
             pred_s = _logits(student(images)).argmax(1).cpu()
             pred_t = _logits(teacher(images)).argmax(1).cpu()
+            total += len(labels)
+            if pred_s.ndim > 1:  # per position: labels name whole images, so only agreement
+                agree += float((pred_s == pred_t).flatten(1).float().mean(1).sum())
+                continue
             agree += int((pred_s == pred_t).sum())
             known = labels >= 0
             correct_s += int((pred_s[known] == labels[known]).sum())
             correct_t += int((pred_t[known] == labels[known]).sum())
             labelled += int(known.sum())
-            total += len(labels)
     finally:
         student.train(flags[0]), teacher.train(flags[1])
     if total == 0:
@@ -462,10 +476,14 @@ def _prepare(student: nn.Module, teacher: nn.Module, data: Any, val_data: Any, p
         raise GhostifyError("the training data holds no images.")
     student.to(world.device)
     teacher.to(world.device).eval()
-    num_outputs = num_classes(teacher, dataset, world.device)
-    check_labels(dataset, num_outputs)
-    if val_dataset is not None:
-        check_labels(val_dataset, num_outputs)
+    num_outputs, per_position = num_classes(teacher, dataset, world.device)
+    if per_position and config.label_weight > 0:
+        raise ConfigError("label_weight needs a model that scores whole images; this one scores every position "
+                          "(its output has shape (batch, classes, ...)): distill it without labels (label_weight=0).")
+    if not per_position:
+        check_labels(dataset, num_outputs)
+        if val_dataset is not None:
+            check_labels(val_dataset, num_outputs)
     return world, teacher, dataset, val_dataset
 
 

@@ -120,10 +120,11 @@ def recover(
     train = as_dataset([str(p) for p in data], pipeline)  # missing / empty / too small images fail here, before any work
     val = as_dataset([str(p) for p in val_data], pipeline) if val_data else None
     student.to(target), teacher.to(target)
-    outputs = num_classes(teacher, train, target)
-    check_labels(train, outputs)
-    if val is not None:
-        check_labels(val, outputs)
+    outputs, per_position = num_classes(teacher, train, target)
+    if not per_position:  # folder labels name whole images
+        check_labels(train, outputs)
+        if val is not None:
+            check_labels(val, outputs)
     val_name = ", ".join(map(str, val_data or []))
     evaluator = _Evaluator(val, val_name, teacher, target)
     main = is_main_process()

@@ -236,6 +236,54 @@ def test_label_count_mismatch_is_a_data_error(pair, tmp_path):
                 pipeline=PIPELINE, **FAST)
 
 
+# --- models that score every position (segmentation) ----------------------------------------------
+
+class TinySegmenter(nn.Module):
+    """Conv-BN-ReLU blocks and a 1x1 conv scoring 5 classes at every pixel, as a segmentation head does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.classifier = nn.Conv2d(16, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.classifier(self.block(self.stem(x)))}  # torchvision's segmentation models return a dict
+
+
+def test_kd_and_agreement_of_per_position_scores_are_per_position():
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 5, 3, 4), torch.randn(2, 5, 3, 4)
+    per_pixel = [float(kd_loss(s[n, :, i, j][None], t[n, :, i, j][None], 4.0)) for n in range(2) for i in range(3) for j in range(4)]
+    assert float(kd_loss(s, t, 4.0)) == pytest.approx(np.mean(per_pixel), rel=1e-5)
+    from ghostify.distill import agreement_and_accuracy
+
+    teacher = TinySegmenter().eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        student.classifier.weight.add_(0.5 * torch.randn_like(student.classifier.weight))  # disagrees at some pixels
+    x = images(6, 2)
+    with torch.no_grad():
+        same = (student(x)["out"].argmax(1) == teacher(x)["out"].argmax(1)).float()
+    agreement, top1, teacher_top1 = agreement_and_accuracy(student, teacher, TensorDataset(x, torch.arange(6) % 5))
+    assert agreement == pytest.approx(float(same.mean()), abs=1e-6) and 0 < agreement < 1
+    assert top1 is None and teacher_top1 is None  # labels name whole images, not pixels
+
+
+def test_a_segmentation_model_is_distilled_position_by_position(tmp_path):
+    torch.manual_seed(0)
+    teacher = TinySegmenter().eval()
+    student = ghostify.convert(teacher, ratio=2)
+    assert [name for name, m in student.named_modules() if type(m).__name__.startswith("Ghost")] == ["block.0"]
+    # labelled folders (2 classes, the model scores 5) are not refused: folder labels do not apply per pixel
+    folder = _folder(tmp_path / "two", 2, 8)
+    result = distill(student, teacher, folder, val_data=folder, pipeline=PIPELINE, epochs=3, batch_size=8, recipe="finetune")
+    assert result.history[-1].loss < result.history[0].loss and result.history[0].feature_loss > 0
+    assert 0 < result.history[-1].val_agreement <= 1 and result.history[-1].val_top1 is None
+    with pytest.raises(ConfigError, match="label_weight"):
+        distill(student, teacher, folder, pipeline=PIPELINE, epochs=1, label_weight=1.0)
+
+
 @pytest.mark.parametrize("mixup", [0.0, 0.4])
 def test_labels_and_validation(pair, tmp_path, mixup):
     teacher, start = pair
