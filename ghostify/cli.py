@@ -437,7 +437,7 @@ def convert(
     output: Annotated[Optional[Path], _value("--output", "-o", metavar="DIR", help="Write model.safetensors, ghostify.json and the report (JSON, Markdown, HTML) here; e.g. -o out/r50 (default: write nothing).")] = None,
     force: ForceOpt = False,
     dry_run: Annotated[bool, _flag("--dry-run", help="Show the plan only, with per-layer MACs; convert nothing (default: off).")] = False,
-    calibrate: Annotated[bool, _flag("--calibrate", help="Fit each ghost module to the original layer's outputs on --data: closed form, no training, a minute or two (default: off).")] = False,
+    calibrate: Annotated[bool, _flag("--calibrate", help="Fit each ghost module to the original layer's outputs on --data, without training: a minute or two for a CIFAR ResNet on a 2-core CPU, about 6 for an ImageNet ResNet-18 on 128 images (default: off).")] = False,
     distill: Annotated[bool, _flag("--distill", help="Train the ghost model to reproduce the original on --data, by knowledge distillation; calibrates first when the recipe fine-tunes (short runs) or with --calibrate (default: off).")] = False,
     data: DataDirsOpt = None,
     val_data: ValDataOpt = None,
