@@ -184,9 +184,14 @@ class SplitBlock(nn.Module):
         return F.relu(self.norm(torch.cat(parts, dim=1)) + x)
 
 
+def split_model(seed: int = 0) -> nn.Module:
+    """A stem, one SplitBlock (its two convs converted), pooling and a Linear head."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), SplitBlock(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+
+
 def test_blocks_are_the_nearest_modules_the_forward_pass_calls():
-    torch.manual_seed(0)
-    teacher = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), SplitBlock(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    teacher = split_model()
     student = ghostify.convert(teacher, ratio=2)
     names = [name for name, _ in calibration_layers(student)]
     assert names == ["1.convs.0", "1.convs.1"]

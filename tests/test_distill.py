@@ -28,8 +28,9 @@ from ghostify.distill import (
     load_checkpoint,
 )
 from ghostify.errors import ConfigError, GhostifyError
+from ghostify.ghost_module import is_ghost_module
 
-from test_calibrate import SplitBlock, images, make_teacher  # noqa: E402 - the same tiny teacher as calibration
+from test_calibrate import images, make_teacher, split_model  # noqa: E402 - the same tiny teacher as calibration
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -274,7 +275,7 @@ def test_a_segmentation_model_is_distilled_position_by_position(tmp_path):
     torch.manual_seed(0)
     teacher = TinySegmenter().eval()
     student = ghostify.convert(teacher, ratio=2)
-    assert [name for name, m in student.named_modules() if type(m).__name__.startswith("Ghost")] == ["block.0"]
+    assert [name for name, m in student.named_modules() if is_ghost_module(m)] == ["block.0"]
     # labelled folders (2 classes, the model scores 5) are not refused: folder labels do not apply per pixel
     folder = _folder(tmp_path / "two", 2, 8)
     result = distill(student, teacher, folder, val_data=folder, pipeline=PIPELINE, epochs=3, batch_size=8, recipe="finetune")
@@ -429,8 +430,7 @@ def test_feature_points_are_the_blocks_holding_ghost_modules(pair):
 
 
 def test_features_of_convs_in_a_module_list_are_matched_at_the_block_that_runs_them():
-    torch.manual_seed(0)
-    teacher = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), SplitBlock(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    teacher = split_model()
     student = ghostify.convert(teacher, ratio=2)
     assert feature_points(student) == ["1.convs"]  # a ModuleList: never called, so it would record nothing
     assert feature_points(student, teacher, images(1, 0)) == ["1"]

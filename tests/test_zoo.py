@@ -15,8 +15,8 @@ process per model with a report, ``python benchmarks/zoo_coverage.py --all``.
 from __future__ import annotations
 
 import functools
-import math
 import importlib.util
+import math
 
 import pytest
 import torch
