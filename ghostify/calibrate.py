@@ -25,9 +25,9 @@ data-free 10 %, steps 1-3 63 %, + BatchNorm re-estimation 26 % (so it is off by 
 steps 1-4 82 % (300 Adam steps on whole batches of 64, lr 3e-3; 1e-3: 72 %; also tuning BatchNorm
 affines: 82 %), 84 % with 600 steps on minibatches of 16 (the default: also faster, 92 s against 110 s).
 
-Calibration fits 2-D ghost modules (``GhostConv2d``) on images. The ghost modules of ``Conv1d`` and
-``Conv3d`` layers keep their data-free start (``CalibrationResult.skipped`` names them); a model
-with no 2-D ghost module is refused with a message saying so (distill it instead).
+Calibration fits the ghost modules of ``Conv2d`` and ``Conv1d`` layers (a 1-D map is fitted as a 2-D
+one of height 1). Those of ``Conv3d`` layers keep their data-free start (``CalibrationResult.skipped``
+names them); a model with no other ghost module is refused with a message saying so (distill it instead).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from torch import nn
 from .channel_order import joint_assignment, order_groups
 from .convert import base_form
 from .errors import GhostifyError
-from .ghost_module import CONV_TYPES, GhostConv2d, GhostConv2dBNReLU, is_ghost_module, is_paper_variant
+from .ghost_module import CONV_TYPES, is_ghost_module, is_paper_variant
 from .selection import get_plan
 from .weight_transfer import ChannelAssignment, group_channels
 
@@ -84,7 +84,7 @@ class CalibrationResult:
     head: tuple[str, float, float] | None = None
     seconds: float = 0.0
     bn_reestimated: int = 0
-    skipped: list[str] = field(default_factory=list)  # ghost modules left as they were: 1-D / 3-D (2-D only here)
+    skipped: list[str] = field(default_factory=list)  # ghost modules left as they were: those of Conv3d layers
 
     @property
     def mean_error_after(self) -> float:
@@ -102,17 +102,20 @@ class CalibrationResult:
         }
 
 
-def calibration_layers(student: nn.Module) -> list[tuple[str, GhostConv2d]]:
-    """The linear 2-D ghost modules of ``student`` (the paper's BN+ReLU variant cannot be fitted in closed form;
-    1-D and 3-D ghost modules are not calibrated: see ``uncalibrated_layers``)."""
+CALIBRATED_DIMS = (1, 2)  # ghost modules of Conv1d and Conv2d layers; a Conv3d's input patches have no unfold
+
+
+def calibration_layers(student: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The linear 1-D and 2-D ghost modules of ``student`` (the paper's BN+ReLU variant cannot be fitted in
+    closed form; 3-D ghost modules are not calibrated: see ``uncalibrated_layers``)."""
     return [(name, module) for name, module in student.named_modules()
-            if isinstance(module, GhostConv2d) and not isinstance(module, GhostConv2dBNReLU)]
+            if is_ghost_module(module) and not is_paper_variant(module) and module.spatial_dims in CALIBRATED_DIMS]
 
 
 def uncalibrated_layers(student: nn.Module) -> list[str]:
-    """Names of the linear ghost modules calibration leaves alone: those of ``Conv1d`` / ``Conv3d`` layers."""
+    """Names of the linear ghost modules calibration leaves alone: those of ``Conv3d`` layers."""
     return [name for name, module in student.named_modules()
-            if is_ghost_module(module) and not is_paper_variant(module) and module.spatial_dims != 2]
+            if is_ghost_module(module) and not is_paper_variant(module) and module.spatial_dims not in CALIBRATED_DIMS]
 
 
 def check_teacher_fits(student: nn.Module, teacher: nn.Module, names: Sequence[str]) -> None:
@@ -196,25 +199,31 @@ class _LayerCaptures:
             yield pair
 
 
-def _conv_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) padding the conv applies, also for ``padding='same'``."""
+def _conv_padding(conv: nn.Module) -> tuple[int, ...]:
+    """The padding the conv applies, in ``F.pad`` order (last dim first: left, right[, top, bottom]), also for
+    ``padding='same'``."""
     if isinstance(conv.padding, str):
         if conv.padding == "valid":
-            return (0, 0, 0, 0)
+            return (0, 0) * len(conv.kernel_size)
         pads = []
         for k, d in zip(reversed(conv.kernel_size), reversed(conv.dilation)):
             total = d * (k - 1)
             pads += [total // 2, total - total // 2]
-        return tuple(pads)  # type: ignore[return-value]
-    ph, pw = conv.padding
-    return (pw, pw, ph, ph)
+        return tuple(pads)
+    return tuple(p for size in reversed(conv.padding) for p in (size, size))
 
 
-def _patches(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """(N, C*kh*kw, L) input patches of ``conv``: ``conv(x)`` is ``weight.flatten(1) @ patches``."""
+def _plane(x: torch.Tensor) -> torch.Tensor:
+    """A 1-D map ``(N, C, L)`` as a 2-D one of height 1, so that ``F.unfold`` reads it; 2-D maps as they are."""
+    return x.unsqueeze(2) if x.ndim == 3 else x
+
+
+def _patches(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, C*k..., L) input patches of a Conv1d or Conv2d ``conv``: ``conv(x)`` is ``weight.flatten(1) @ patches``."""
     mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-    padded = F.pad(x, _conv_padding(conv), mode=mode)
-    return F.unfold(padded, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)
+    padded = _plane(F.pad(x, _conv_padding(conv), mode=mode))
+    lift = (lambda v: (1, *v)) if x.ndim == 3 else (lambda v: v)  # noqa: E731 - a height of 1 for a Conv1d
+    return F.unfold(padded, lift(conv.kernel_size), dilation=lift(conv.dilation), stride=lift(conv.stride))
 
 
 def _sample_positions(total: int, keep: int, generator: torch.Generator) -> torch.Tensor | None:
@@ -267,7 +276,7 @@ def _rows(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
 
 @torch.no_grad()
 def _calibrate_layer(
-    name: str, ghost: GhostConv2d, conv: nn.Conv2d, student: nn.Module, teacher: nn.Module,
+    name: str, ghost: nn.Module, conv: nn.Module, student: nn.Module, teacher: nn.Module,
     images: list[torch.Tensor], *, positions_per_image: int, ridge: float, regroup: bool, seed: int,
     assignment: ChannelAssignment | None = None,
 ) -> LayerCalibration:
@@ -307,16 +316,18 @@ def _calibrate_layer(
 
     # pass 2: cheap kernels from the refitted intrinsic maps to the teacher's ghost channels
     d = ghost.dw_size
+    window = (d, d) if ghost.spatial_dims == 2 else (1, d)
     pair_src = torch.tensor([i for i, group in enumerate(assignment.ghosts) for _ in group], dtype=torch.long)
     pair_ghost = torch.tensor([j for group in assignment.ghosts for j in group], dtype=torch.long)
     pair_slot = torch.tensor([k for group in assignment.ghosts for k in range(len(group))], dtype=torch.long)
-    taps = d * d + (1 if has_bias else 0)
+    kernel_taps = window[0] * window[1]
+    taps = kernel_taps + (1 if has_bias else 0)
     gram = torch.zeros(len(assignment.sources), taps, taps, dtype=torch.float64)
     moments = torch.zeros(len(pair_ghost), taps, dtype=torch.float64)
     for x, target in captures:
-        intrinsic = primary(x)
+        intrinsic = _plane(primary(x))
         n, m, h, w = intrinsic.shape
-        shifted = F.unfold(intrinsic, d, padding=d // 2).reshape(n, m, d * d, h * w)
+        shifted = F.unfold(intrinsic, window, padding=(window[0] // 2, d // 2)).reshape(n, m, kernel_taps, h * w)
         keep = _sample_positions(h * w, positions_per_image, generator)
         if keep is not None:
             shifted, target_rows = shifted[..., keep], target.flatten(2)[..., keep]
@@ -334,7 +345,7 @@ def _calibrate_layer(
         cheap_w = torch.zeros(len(assignment.sources), ratio - 1, taps, dtype=torch.float64)
         cheap_w[pair_src, pair_slot] = kernels
         cheap_w = cheap_w.reshape(-1, taps)
-        ghost.cheap.weight.copy_(cheap_w[:, : d * d].reshape(ghost.cheap.weight.shape).to(device, dtype))
+        ghost.cheap.weight.copy_(cheap_w[:, :kernel_taps].reshape(ghost.cheap.weight.shape).to(device, dtype))
         if has_bias:
             ghost.cheap.bias.copy_(cheap_w[:, -1].to(device, dtype))
 
@@ -439,7 +450,8 @@ def _reconstruct_block(
     reproduces the teacher block's outputs (BRECQ-style): each step on ``batch_size`` images drawn
     from all the calibration images. Returns relative error before/after."""
     s_block, t_block = student.get_submodule(block_name), teacher.get_submodule(block_name)
-    params = [p for m in s_block.modules() if isinstance(m, GhostConv2d) for p in m.parameters()]
+    fitted = {id(module) for _, module in calibration_layers(s_block)}
+    params = [p for m in s_block.modules() if id(m) in fitted for p in m.parameters()]
     if not params or steps <= 0:
         return None
     with torch.no_grad():
@@ -609,8 +621,8 @@ def calibrate(
         if skipped:
             kinds = sorted({f"GhostConv{student.get_submodule(name).spatial_dims}d" for name in skipped})
             raise GhostifyError(
-                f"calibration fits 2-D ghost modules (GhostConv2d) on images; this model's {len(skipped)} ghost module(s) "
-                f"are {' and '.join(kinds)} (converted Conv1d/Conv3d layers), which it cannot fit. They keep their "
+                f"calibration fits 1-D and 2-D ghost modules (GhostConv1d, GhostConv2d); this model's {len(skipped)} ghost module(s) "
+                f"are {' and '.join(kinds)} (converted Conv3d layers), which it cannot fit. They keep their "
                 "data-free start: distill the model instead (ghostify.distill with a Dataset of its inputs)."
             )
         if any(is_paper_variant(m) for m in student.modules()):

@@ -353,7 +353,7 @@ def calibration_summary(report: Report) -> str | None:
         text += f"; {calibration['bn_reestimated']} BatchNorm re-estimated"
     skipped = calibration.get("skipped")
     if isinstance(skipped, list) and skipped:
-        text += f"; {plural(len(skipped), 'Conv1d/Conv3d ghost module')} not calibrated (2-D only), kept their data-free start"
+        text += f"; {plural(len(skipped), 'Conv3d ghost module')} not calibrated (1-D and 2-D only), kept their data-free start"
     return text + "."
 
 

@@ -332,11 +332,46 @@ def test_transposed_convs_are_listed_and_kept_with_the_reason():
 
 # ----- what stays 2-D on purpose says so -------------------------------------------------------------
 
-def test_calibration_refuses_a_model_with_only_1d_ghost_modules():
+def test_a_1d_cnn_is_calibrated():
+    """Conv1d ghost modules are fitted as 2-D ones of height 1: every layer's error falls, and so does the
+    output's distance to the original's."""
+    torch.manual_seed(0)
     model = AudioNet().eval()
+    _perturb(model)  # BatchNorm statistics and affines away from the identity, as after training
     converted = ghostify.convert(model)
-    with pytest.raises(GhostifyError, match="calibration fits 2-D ghost modules.*GhostConv1d"):
-        ghostify.calibrate(converted, model, torch.randn(8, 1, 64))
+    calibration, held_out = torch.randn(64, 1, 256), torch.randn(32, 1, 256)
+
+    def distance() -> float:
+        with torch.no_grad():
+            return float((converted(held_out) - model(held_out)).norm() / model(held_out).norm())
+
+    before = distance()
+    result = ghostify.calibrate(converted, model, calibration, block_steps=50)
+    assert [layer.name for layer in result.layers] == ["features.3", "features.6", "features.9"] and not result.skipped
+    assert all(layer.error_after < layer.error_before for layer in result.layers), result.layers
+    assert distance() < 0.8 * before
+
+
+def test_calibration_solves_an_exactly_ghostable_conv1d():
+    """Given the right grouping, the closed-form fit finds the primary and cheap kernels of a conv that is a
+    ghost module (exact but for the border positions, where the ghost filters see zero-padded intrinsic maps)."""
+    conv, _ = _ghostable_conv(1, 2, 6, 0)
+    model = nn.Sequential(nn.Conv1d(3, 3, 1), conv).eval()
+    converted = ghostify.convert(model, ratio=2, skip_output=False)  # the data-free start finds the grouping
+    with torch.no_grad():
+        for p in converted[1].parameters():
+            p.add_(torch.randn_like(p))  # ... and the weights are lost
+    result = ghostify.calibrate(converted, model, torch.randn(32, 3, 64), regroup=False, block_steps=0, head=False)
+    (layer,) = result.layers
+    assert layer.error_before > 0.5 and layer.error_after < 0.05, layer
+
+
+def test_calibration_refuses_a_model_with_only_3d_ghost_modules():
+    model = nn.Sequential(nn.Conv3d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+    converted = ghostify.convert(model)
+    with pytest.raises(GhostifyError, match="calibration fits 1-D and 2-D ghost modules.*GhostConv3d"):
+        ghostify.calibrate(converted, model, torch.randn(4, 1, 6, 6, 6))
 
 
 def test_image_data_is_refused_for_a_1d_model_and_distillation_takes_a_dataset_of_its_inputs():
