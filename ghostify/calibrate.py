@@ -222,8 +222,8 @@ def _patches(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(N, C*k..., L) input patches of a Conv1d or Conv2d ``conv``: ``conv(x)`` is ``weight.flatten(1) @ patches``."""
     mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
     padded = _plane(F.pad(x, _conv_padding(conv), mode=mode))
-    lift = (lambda v: (1, *v)) if x.ndim == 3 else (lambda v: v)  # noqa: E731 - a height of 1 for a Conv1d
-    return F.unfold(padded, lift(conv.kernel_size), dilation=lift(conv.dilation), stride=lift(conv.stride))
+    kernel, dilation, stride = ((1, *v) if x.ndim == 3 else v for v in (conv.kernel_size, conv.dilation, conv.stride))
+    return F.unfold(padded, kernel, dilation=dilation, stride=stride)
 
 
 def _sample_positions(total: int, keep: int, generator: torch.Generator) -> torch.Tensor | None:
@@ -316,7 +316,7 @@ def _calibrate_layer(
 
     # pass 2: cheap kernels from the refitted intrinsic maps to the teacher's ghost channels
     d = ghost.dw_size
-    window = (d, d) if ghost.spatial_dims == 2 else (1, d)
+    window = (d, d) if ghost.spatial_dims == 2 else (1, d)  # the cheap kernel over a height of 1 for a Conv1d
     pair_src = torch.tensor([i for i, group in enumerate(assignment.ghosts) for _ in group], dtype=torch.long)
     pair_ghost = torch.tensor([j for group in assignment.ghosts for j in group], dtype=torch.long)
     pair_slot = torch.tensor([k for group in assignment.ghosts for k in range(len(group))], dtype=torch.long)
@@ -327,7 +327,7 @@ def _calibrate_layer(
     for x, target in captures:
         intrinsic = _plane(primary(x))
         n, m, h, w = intrinsic.shape
-        shifted = F.unfold(intrinsic, window, padding=(window[0] // 2, d // 2)).reshape(n, m, kernel_taps, h * w)
+        shifted = F.unfold(intrinsic, window, padding=tuple(k // 2 for k in window)).reshape(n, m, kernel_taps, h * w)
         keep = _sample_positions(h * w, positions_per_image, generator)
         if keep is not None:
             shifted, target_rows = shifted[..., keep], target.flatten(2)[..., keep]
