@@ -33,7 +33,7 @@ names them); a model with no other ghost module is refused with a message saying
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -358,7 +358,7 @@ def _calibrate_layer(
     return LayerCalibration(name, rel(error_before), rel(error_after))
 
 
-def reconstruction_blocks(student: nn.Module, names: Sequence[str], called: Container[str] | None = None) -> list[str]:
+def reconstruction_blocks(student: nn.Module, names: Sequence[str], called: Iterable[str] | None = None) -> list[str]:
     """The modules whose outputs block-wise reconstruction matches: each ghost module's parent
     (a residual block, a Conv-BN-act unit), or the ghost module itself when its parent is the model.
 
@@ -366,6 +366,7 @@ def reconstruction_blocks(student: nn.Module, names: Sequence[str], called: Cont
     the nearest ancestor that is called: a ``ModuleList`` (Res2Net's split convs), or a ``Sequential``
     a traced graph runs step by step, is never called itself, so its output cannot be matched.
     """
+    called = set(called) if called is not None else None  # a list of hundreds of names is searched per ancestor
     blocks: list[str] = []
     for name in names:
         parts = name.split(".")
